@@ -1,0 +1,33 @@
+"""Training methods: one module per method, each holding all of that method's math.
+
+`methods.registry` (pure, no torch) says which methods exist; `build` imports the chosen
+method's module only when a cell runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from methods.registry import METHODS, MethodInfo
+
+if TYPE_CHECKING:
+    import torch
+
+    from methods.base import Architecture, MethodModel
+
+__all__ = ["METHODS", "MethodInfo", "build"]
+
+
+def build(
+    name: str,
+    arch: Architecture,
+    hyper: dict[str, Any],
+    generator: torch.Generator,
+    sampling_generator: torch.Generator,
+) -> MethodModel:
+    """Build method `name`'s model. `generator` draws the initial weights; `sampling_generator`
+    every random choice the method makes while training (masks, samples, hash projections)."""
+    module = importlib.import_module(METHODS[name].module)
+    model: MethodModel = module.build(arch, hyper, generator, sampling_generator)
+    return model

@@ -1,0 +1,91 @@
+"""What every training method provides to the shared training loop, and shared MLP pieces.
+
+The five methods differ in their layers, not in their loop (runner/trainer.py runs them all):
+a method is an `nn.Module` whose forward pass in training mode is the method's own (sampled,
+sparse, masked) computation and in evaluation mode the exact network, plus hooks for its
+optimizer, its periodic upkeep, and its instrumentation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The network a cell trains: `depth` hidden layers of `width` units."""
+
+    in_features: int
+    width: int
+    depth: int
+    classes: int
+
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        """(fan_in, fan_out) of every linear layer, hidden ones first, output last."""
+        dims = [self.in_features] + [self.width] * self.depth + [self.classes]
+        return list(itertools.pairwise(dims))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The optimisation parameters of a cell, as the job file sets them."""
+
+    lr: float
+    optimizer: str  # "sgd" or "adam"
+    momentum: float
+    batch_size: int
+
+
+def init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
+    """PyTorch's default nn.Linear initialisation, drawn from an explicit generator.
+
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases (kaiming_uniform with
+    a = sqrt(5)). Drawing from our own generator makes a cell's weights independent of
+    whatever ran before it in a reused worker process.
+    """
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+        bound = 1.0 / math.sqrt(layer.in_features)
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+
+def make_dense_optimizer(params: Any, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}")
+
+
+class MethodModel(nn.Module):
+    """Base class of every method. Subclasses implement `forward` (log-probabilities).
+
+    In `train()` mode, forward is the method's own approximation; in `eval()` mode it is what
+    the method evaluates with (the exact network for every method of the paper, the
+    expectation for standout).
+    """
+
+    def make_optimizer(self, settings: TrainSettings) -> torch.optim.Optimizer:
+        """The optimizer; sparse methods return one that touches only active rows."""
+        return make_dense_optimizer(self.parameters(), settings)
+
+    def upkeep(self, step: int) -> None:
+        """Called after every optimizer step (e.g. hash-table rebuilds); timed as upkeep."""
+
+    def end_epoch(self) -> None:
+        """Called at the end of every training epoch, timed as upkeep."""
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Instrumentation for the epoch just finished (then reset), e.g. active-set sizes."""
+        return {}
+
+    def probe_error(self, x: torch.Tensor) -> list[float]:
+        """Relative error of each hidden layer's activations under the method's approximate
+        forward pass against the exact one, ||a_approx - a|| / ||a||; empty when exact."""
+        return []

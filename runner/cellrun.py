@@ -1,0 +1,216 @@
+"""Running one cell: the function a Ray task (or the serial executor) calls.
+
+It returns a plain dict, never raises for a problem of the cell's own making: an exception in
+the training code becomes a failure record with its traceback, so one bad cell never stops a
+sweep. The driver, the only writer of the results folder, stores what comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import random
+import socket
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from runner.cells import TRAINER_VERSION, Cell, canonical_json
+from runner.errors import DatasetError
+
+FAILURE_CLASSES = ("application", "data", "out_of_memory", "worker_crash", "cancelled")
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """An independent 63-bit seed per purpose (weights, shuffling, sampling), from one seed."""
+    digest = hashlib.sha256(f"cpusweep/{seed}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global generator before anything is built.
+
+    Every random choice of ours draws from explicit generators; this is the second line of
+    defence against state left behind by the previous cell in a reused worker."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _node_name() -> str:
+    host = socket.gethostname()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"{host}:{ray.get_runtime_context().get_node_id()[:8]}"
+    except Exception:  # not inside Ray, or Ray not installed: the host names the node
+        pass
+    return host
+
+
+def _weights_digest(model: Any) -> str:
+    """sha256 of every parameter's bytes: two runs of a cell agree bit for bit iff equal."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _failure(cell: Cell, error_class: str, exc: BaseException, started: float) -> dict[str, Any]:
+    return {
+        "status": "failed",
+        "failure": {
+            "cell_key": cell.key,
+            "label": cell.label(),
+            "values": dict(cell.values),
+            "error_class": error_class,
+            "error_type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+            "node": _node_name(),
+            "pid": os.getpid(),
+            "seconds": time.perf_counter() - started,
+            "finished_at": _utc_now(),
+        },
+    }
+
+
+def run_cell(
+    payload: dict[str, Any], data_root: str | None = None, download: bool | None = None
+) -> dict[str, Any]:
+    """Train one cell and return {"status": "ok", "row": {...}} or a failure record."""
+    started = time.perf_counter()
+    started_at = _utc_now()
+    cell = Cell.from_payload(payload)
+    try:
+        return {"status": "ok", "row": _train_cell(cell, data_root, download, started, started_at)}
+    except DatasetError as exc:
+        return _failure(cell, "data", exc, started)
+    except MemoryError as exc:
+        return _failure(cell, "out_of_memory", exc, started)
+    except Exception as exc:
+        return _failure(cell, "application", exc, started)
+
+
+def _train_cell(
+    cell: Cell, data_root: str | None, download: bool | None, started: float, started_at: str
+) -> dict[str, Any]:
+    # Threads and seeds first, before anything is built or loaded.
+    from runner.threads import apply_threads, observe
+
+    apply_threads(cell.torch_threads)
+    v = cell.values
+    seed = int(v["seed"])
+    seed_everything(seed)
+
+    import torch
+
+    import methods
+    from methods.base import Architecture, TrainSettings
+    from methods.registry import METHODS
+    from runner.datasets.loading import load_splits
+    from runner.datasets.locations import downloads_allowed, resolve_data_root
+    from runner.datasets.registry import DATASETS
+    from runner.trainer import train
+
+    root = resolve_data_root(data_root)
+    t0 = time.perf_counter()
+    splits = load_splits(
+        cell.dataset,
+        Path(root),
+        int(v["split_seed"]),
+        download=downloads_allowed() if download is None else download,
+    )
+    load_seconds = time.perf_counter() - t0
+
+    arch = Architecture(
+        in_features=splits.info.features,
+        width=int(v["width"]),
+        depth=int(v["depth"]),
+        classes=splits.info.classes,
+    )
+    model = methods.build(
+        cell.method,
+        arch,
+        cell.method_params(),
+        generator=torch.Generator().manual_seed(derive_seed(seed, "weights")),
+        sampling_generator=torch.Generator().manual_seed(derive_seed(seed, "sampling")),
+    )
+    settings = TrainSettings(
+        lr=float(v["lr"]),
+        optimizer=str(v["optimizer"]),
+        momentum=float(v["momentum"]),
+        batch_size=int(v["batch_size"]),
+    )
+    outcome = train(
+        model,
+        splits,
+        settings,
+        epochs=int(v["epochs"]),
+        shuffle_generator=torch.Generator().manual_seed(derive_seed(seed, "shuffle")),
+        train_limit=v.get("train_limit"),
+    )
+    threads = observe()  # after training: what the cell really ran with
+    history = outcome.history
+    assert outcome.test is not None
+    train_seconds = sum(h["train_seconds"] for h in history)
+
+    def total(phase: str) -> float:
+        return float(sum(h[f"{phase}_seconds"] for h in history))
+
+    row: dict[str, Any] = {"cell_key": cell.key, "status": "ok"}
+    row.update(v)
+    row.update(
+        {
+            "requested_torch_threads": cell.torch_threads,
+            "test_accuracy": outcome.test.accuracy,
+            "test_loss": outcome.test.loss,
+            "val_accuracy": history[-1]["val_accuracy"],
+            "best_val_accuracy": max(h["val_accuracy"] for h in history),
+            "final_train_loss": history[-1]["train_loss"],
+            "epochs_done": len(history),
+            "steps": outcome.steps,
+            "train_seconds": train_seconds,
+            "seconds_per_epoch": train_seconds / len(history),
+            "data_seconds": total("data"),
+            "forward_seconds": total("forward"),
+            "backward_seconds": total("backward"),
+            "step_seconds": total("step"),
+            "upkeep_seconds": total("upkeep"),
+            "eval_seconds": total("eval"),
+            "load_seconds": load_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            **splits.describe(),
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "weights_sha256": _weights_digest(model),
+            **threads,
+            "node": _node_name(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "method_version": METHODS[cell.method].version,
+            "trainer_version": TRAINER_VERSION,
+            "dataset_version": DATASETS[cell.dataset].version,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "platform": f"{sys.platform}-{platform.machine()}",
+            "started_at": started_at,
+            "finished_at": _utc_now(),
+            "confusion_matrix": outcome.test.confusion,
+            "history": history,
+            "cell_json": canonical_json(cell.to_payload()),  # rebuilds the cell from its row
+        }
+    )
+    return row

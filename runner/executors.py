@@ -1,0 +1,253 @@
+"""Where cells run: one interface, a Ray backend and an in-process serial backend.
+
+Both run the very same cell function (`runner.cellrun.run_cell`); the sweep loop
+(runner/sweep.py) is written once against this interface. The serial executor is for tests,
+debugging with pdb, and machines without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from runner.errors import ExecutorError
+from runner.spec import Resources
+from runner.threads import thread_env
+
+log = logging.getLogger("cpusweep")
+
+Result = dict[str, Any]  # {"status": "ok", "row": {...}} or {"status": "failed", "failure": ...}
+
+
+class Executor(ABC):
+    """Runs cell payloads and hands back their results as they finish."""
+
+    #: how many cells can compute at the same time
+    slots: int = 1
+
+    @abstractmethod
+    def submit(self, payload: dict[str, Any]) -> Any:
+        """Start (or queue) one cell; returns a handle."""
+
+    @abstractmethod
+    def wait(self, handles: Sequence[Any], timeout: float) -> list[tuple[Any, Result]]:
+        """Results of the handles that finished, waiting at most `timeout` for the first."""
+
+    def cancel(self, handles: Sequence[Any]) -> None:  # noqa: B027 - optional hook
+        """Stop the given cells (best effort)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the backend."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for the user: what runs the cells."""
+
+
+def _failure_result(payload: dict[str, Any], error_class: str, exc: BaseException) -> Result:
+    import traceback
+
+    from runner.cells import Cell
+
+    cell = Cell.from_payload(payload)
+    return {
+        "status": "failed",
+        "failure": {
+            "cell_key": cell.key,
+            "label": cell.label(),
+            "values": dict(cell.values),
+            "error_class": error_class,
+            "error_type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+        },
+    }
+
+
+class SerialExecutor(Executor):
+    """Runs each cell in this process, one at a time, when its result is waited for."""
+
+    slots = 1
+
+    def __init__(self, data_root: str | None, download: bool | None, torch_threads: int):
+        self._data_root = data_root
+        self._download = download
+        self._threads = torch_threads
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._next = 0
+
+    def submit(self, payload: dict[str, Any]) -> int:
+        handle = self._next
+        self._next += 1
+        self._pending[handle] = payload
+        return handle
+
+    def wait(self, handles: Sequence[Any], timeout: float) -> list[tuple[Any, Result]]:
+        from runner.cellrun import run_cell
+
+        for handle in handles:
+            payload = self._pending.pop(handle, None)
+            if payload is not None:
+                return [(handle, run_cell(payload, self._data_root, self._download))]
+        return []
+
+    def cancel(self, handles: Sequence[Any]) -> None:
+        for handle in handles:
+            self._pending.pop(handle, None)
+
+    def describe(self) -> str:
+        return f"serial executor (this process, {self._threads} torch thread(s))"
+
+
+def _ray_entry(payload: dict[str, Any], data_root: str | None, download: bool | None) -> Result:
+    """The Ray task body: import lazily so the worker pays for torch once per process."""
+    from runner.cellrun import run_cell
+
+    return run_cell(payload, data_root, download)
+
+
+def _classify_ray_error(exc: BaseException) -> str:
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.OutOfMemoryError):
+        return "out_of_memory"
+    if isinstance(exc, rex.TaskCancelledError):
+        return "cancelled"
+    if isinstance(exc, rex.RayTaskError):
+        return "application"
+    return "worker_crash"  # WorkerCrashedError, NodeDiedError, ObjectLostError, ...
+
+
+class RayExecutor(Executor):
+    """One cell = one Ray task with the job's num_cpus and memory, and enforced threads."""
+
+    def __init__(
+        self,
+        resources: Resources,
+        address: str | None,
+        cpus: int | None,
+        data_root: str | None,
+        download: bool | None,
+        max_retries: int = 3,
+    ):
+        try:
+            import ray
+        except ImportError as exc:  # pragma: no cover - ray is a dependency
+            raise ExecutorError(
+                f"Ray cannot be imported ({exc}); use --executor serial or reinstall the project"
+            ) from None
+        self._ray = ray
+        self._payloads: dict[Any, dict[str, Any]] = {}
+        self._data_root = data_root
+        self._download = download
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        runtime_env = {
+            "env_vars": thread_env(resources.torch_threads),
+            "worker_process_setup_hook": "runner.threads.worker_setup_hook",
+        }
+        try:
+            if address:
+                if cpus is not None:
+                    log.warning("--cpus is ignored when joining an existing cluster (%s)", address)
+                ray.init(
+                    address=address,
+                    runtime_env=runtime_env,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                )
+                self._where = f"Ray cluster at {address}"
+            else:
+                # A local Ray listens on loopback only (Ray would otherwise pick the machine's
+                # network address), and an out-of-memory kill is retried once, not forever.
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+                os.environ.setdefault("RAY_task_oom_retries", "1")
+                ray.init(
+                    num_cpus=cpus or os.cpu_count() or 1,
+                    include_dashboard=False,
+                    runtime_env=runtime_env,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                )
+                self._where = "local Ray (loopback only)"
+        except ExecutorError:
+            raise
+        except Exception as exc:
+            raise ExecutorError(
+                f"could not start or reach Ray ({type(exc).__name__}: {exc}). "
+                + (
+                    "Check the address and that the cluster is up (ray status)."
+                    if address
+                    else "Try --executor serial to run without Ray."
+                )
+            ) from None
+
+        self._check_fits(resources)
+        total_cpus = float(ray.cluster_resources().get("CPU", 0))
+        self.slots = max(1, int(total_cpus // resources.cpus_per_cell))
+        self._cpus = total_cpus
+        self._remote = ray.remote(_ray_entry).options(
+            num_cpus=resources.cpus_per_cell,
+            memory=int(resources.memory_gb * 2**30),
+            max_retries=max_retries,  # worker-process crashes only: cell errors are results
+            retry_exceptions=False,
+        )
+
+    def _check_fits(self, resources: Resources) -> None:
+        """A cell that fits on no node would wait forever: say so now instead."""
+        nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+        cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+        mem = max((n["Resources"].get("memory", 0) for n in nodes), default=0) / 2**30
+        problems = []
+        if cpu < resources.cpus_per_cell:
+            problems.append(
+                f"cells need {resources.cpus_per_cell} CPU(s) but the largest node "
+                f"offers {cpu:g} (start worker nodes, or lower "
+                "[resources] cpus_per_cell)"
+            )
+        if mem < resources.memory_gb:
+            problems.append(
+                f"cells need {resources.memory_gb:g} GiB of memory but the largest "
+                f"node offers {mem:.1f} GiB (lower [resources] memory_gb)"
+            )
+        if problems:
+            self.close()
+            raise ExecutorError("; ".join(problems))
+
+    def submit(self, payload: dict[str, Any]) -> Any:
+        handle = self._remote.remote(payload, self._data_root, self._download)
+        self._payloads[handle] = payload
+        return handle
+
+    def wait(self, handles: Sequence[Any], timeout: float) -> list[tuple[Any, Result]]:
+        ray = self._ray
+        handles = list(handles)
+        ready, rest = ray.wait(handles, num_returns=1, timeout=timeout)
+        if ready and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        finished = []
+        for handle in ready:
+            payload = self._payloads.pop(handle)
+            try:
+                finished.append((handle, ray.get(handle)))
+            except Exception as exc:  # the task itself died: worker crash, OOM kill, cancel
+                failure = _failure_result(payload, _classify_ray_error(exc), exc)
+                finished.append((handle, failure))
+        return finished
+
+    def cancel(self, handles: Sequence[Any]) -> None:
+        for handle in handles:
+            try:
+                self._ray.cancel(handle, force=True)
+            except Exception as exc:  # already finished or gone: nothing to stop
+                log.debug("cancel failed: %s", exc)
+
+    def close(self) -> None:
+        if self._ray.is_initialized():
+            self._ray.shutdown()
+
+    def describe(self) -> str:
+        return f"{self._where}, {self._cpus:g} CPUs, {self.slots} cell slot(s)"

@@ -1,0 +1,103 @@
+"""Live progress of a sweep in the terminal (rich): done / running / failed / ETA."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from runner.cells import Cell
+from runner.executors import Executor
+from runner.sweep import SweepListener, SweepPlan
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class RichProgress(SweepListener):
+    """Draws a live bar and prints one line per finished or failed cell."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task: Any = None
+        self.done = self.failed = self.running = self.queued = 0
+        self.slots = 1
+        self.started_at = time.perf_counter()
+        self.cell_seconds: list[float] = []
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def started(self, plan: SweepPlan, executor: Executor) -> None:
+        self.slots = executor.slots
+        self.started_at = time.perf_counter()
+        self.task = self.progress.add_task("cells", total=len(plan.todo), status="starting")
+
+    def _eta(self) -> str:
+        remaining = self.running + self.queued
+        if not self.cell_seconds or remaining == 0:
+            return "ETA -"
+        mean = sum(self.cell_seconds) / len(self.cell_seconds)
+        # Work left, spread over the slots; cells already running are about half done.
+        work = (self.queued + 0.5 * self.running) * mean
+        return f"ETA {_duration(work / max(1, min(self.slots, remaining)))}"
+
+    def _refresh(self) -> None:
+        status = (
+            f"[green]done {self.done}[/] · running {self.running} · queued {self.queued}"
+            f" · [red]failed {self.failed}[/] · {self._eta()}"
+        )
+        self.progress.update(self.task, completed=self.done + self.failed, status=status)
+
+    def cell_finished(self, cell: Cell, row: dict[str, Any]) -> None:
+        self.done += 1
+        self.cell_seconds.append(float(row.get("wall_seconds", 0.0)))
+        self.console.print(
+            f"[green]✓[/] {cell.label():40s} test {row['test_accuracy']:.4f}  "
+            f"{row['seconds_per_epoch']:.2f} s/epoch  threads {row['torch_threads']}  "
+            f"[dim]{cell.key}[/]",
+            highlight=False,
+        )
+        self._refresh()
+
+    def cell_failed(self, cell: Cell, failure: dict[str, Any]) -> None:
+        self.failed += 1
+        message = str(failure.get("message", "")).strip().splitlines()
+        first = message[0][:120] if message else ""
+        self.console.print(
+            f"[red]✗[/] {cell.label():40s} {failure.get('error_class')}: "
+            f"{failure.get('error_type')}: {first}  [dim]{cell.key}[/]",
+            highlight=False,
+        )
+        self._refresh()
+
+    def tick(self, running: int, queued: int) -> None:
+        self.running, self.queued = running, queued
+        self._refresh()

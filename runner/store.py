@@ -1,0 +1,222 @@
+"""The results folder: the ledger of what is done, written by one process, atomically.
+
+    DIR/job.toml             the job file of the latest submit (a copy)
+    DIR/jobs/<sha>.toml      every distinct job file ever submitted here (provenance)
+    DIR/cells/<key>.parquet  one finished cell, one row: a cell is done iff this file exists
+    DIR/failed/<key>.json    the latest failure of a cell that is not done
+    DIR/quarantine/          unreadable result files moved aside (never deleted)
+    DIR/.lock                held by the submit that is running
+    DIR/report/              written by `runner report`
+
+Every file is written to a temporary name in the same folder, flushed to disk, then renamed:
+a crash leaves either the old state or the new one, never half a file. Only the driver
+writes here; workers send their rows back to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from runner.errors import ResultsError
+from runner.schema import row_to_table
+
+log = logging.getLogger("cpusweep")
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+@dataclass
+class Ledger:
+    """What the results folder says about cells, by key."""
+
+    done: set[str] = field(default_factory=set)
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    corrupt: list[Path] = field(default_factory=list)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem allows it; rename is still atomic
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _explain_os_error(exc: OSError, path: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"the disk holding {path} is full; free space and re-run the same command"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{path} is not writable ({exc.strerror}); fix its permissions or pick --results"
+    return f"cannot write {path}: {exc}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ResultsError(_explain_os_error(exc, path)) from None
+    _fsync_dir(path.parent)
+
+
+def looks_like_parquet(path: Path) -> bool:
+    """Cheap integrity check: size, and the magic bytes at both ends."""
+    try:
+        size = path.stat().st_size
+        if size < 12:
+            return False
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(-4, os.SEEK_END)
+            tail = f.read(4)
+        return head == _PARQUET_MAGIC and tail == _PARQUET_MAGIC
+    except OSError:
+        return False
+
+
+class ResultsStore:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.cells_dir = self.root / "cells"
+        self.failed_dir = self.root / "failed"
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the folders and prove they are writable, before any cell runs."""
+        try:
+            for folder in (self.root, self.cells_dir, self.failed_dir, self.root / "jobs"):
+                folder.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test.{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ResultsError(_explain_os_error(exc, self.root)) from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive use of the folder by one submit. Released by the OS if the process dies."""
+        path = self.root / ".lock"
+        handle = open(path, "a+")  # noqa: SIM115 - held for the whole context
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise ResultsError(
+                    f"{self.root} is in use by another submit ({holder}). Wait for it to "
+                    "finish, or stop it (Ctrl-C) and re-run; two sweeps never share a folder."
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(
+                f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
+            )
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+    def save_job(self, text: str) -> None:
+        data = text.encode("utf-8")
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        atomic_write_bytes(self.root / "jobs" / f"{digest}.toml", data)
+        atomic_write_bytes(self.root / "job.toml", data)
+
+    def job_text(self) -> str | None:
+        path = self.root / "job.toml"
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    # --- the ledger ---------------------------------------------------------------------------
+
+    def result_path(self, key: str) -> Path:
+        return self.cells_dir / f"{key}.parquet"
+
+    def failure_path(self, key: str) -> Path:
+        return self.failed_dir / f"{key}.json"
+
+    def scan(self) -> Ledger:
+        ledger = Ledger()
+        if self.cells_dir.is_dir():
+            for path in self.cells_dir.glob("*.parquet"):
+                if looks_like_parquet(path):
+                    ledger.done.add(path.stem)
+                else:
+                    ledger.corrupt.append(path)
+        if self.failed_dir.is_dir():
+            for path in self.failed_dir.glob("*.json"):
+                if path.stem in ledger.done:
+                    continue
+                try:
+                    ledger.failed[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    ledger.failed[path.stem] = {
+                        "error_class": "unknown",
+                        "message": f"unreadable failure record {path}",
+                    }
+        return ledger
+
+    def quarantine(self, paths: list[Path]) -> list[Path]:
+        """Move unreadable result files aside (the cells then count as not done)."""
+        moved = []
+        target_dir = self.root / "quarantine"
+        target_dir.mkdir(exist_ok=True)
+        for path in paths:
+            target = target_dir / f"{path.name}.{int(time.time())}"
+            os.replace(path, target)
+            moved.append(target)
+        return moved
+
+    def write_result(self, row: dict[str, Any]) -> Path:
+        key = str(row["cell_key"])
+        buffer = pa.BufferOutputStream()
+        pq.write_table(row_to_table(row), buffer, compression="zstd")
+        path = self.result_path(key)
+        atomic_write_bytes(path, buffer.getvalue().to_pybytes())
+        with contextlib.suppress(FileNotFoundError):
+            self.failure_path(key).unlink()
+        return path
+
+    def write_failure(self, record: dict[str, Any]) -> Path:
+        path = self.failure_path(str(record["cell_key"]))
+        data = json.dumps(record, indent=2, sort_keys=True, default=str).encode("utf-8")
+        atomic_write_bytes(path, data)
+        return path
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def read_results(self) -> tuple[pa.Table | None, list[Path]]:
+        """Every finished cell as one table, and the files that could not be read."""
+        tables, unreadable = [], []
+        for path in sorted(self.cells_dir.glob("*.parquet")) if self.cells_dir.is_dir() else []:
+            try:
+                tables.append(pq.read_table(path))
+            except (OSError, pa.ArrowException):
+                unreadable.append(path)
+        if not tables:
+            return None, unreadable
+        return pa.concat_tables(tables, promote_options="permissive"), unreadable

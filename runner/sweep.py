@@ -1,0 +1,125 @@
+"""The driver loop: skip what is done, fan the rest out, store results as they stream in.
+
+Written once for every executor. A bounded number of cells is in flight at a time; each
+result is stored the moment it arrives, by this process only, so an interruption at any
+point loses at most the cells that were still computing, and re-running the same command
+is the resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.cells import Cell
+from runner.executors import Executor
+from runner.store import Ledger, ResultsStore
+
+log = logging.getLogger("cpusweep")
+
+
+class SweepListener:
+    """Hooks for progress display; the CLI draws them with rich. All no-ops here."""
+
+    def started(self, plan: SweepPlan, executor: Executor) -> None: ...
+
+    def cell_finished(self, cell: Cell, row: dict[str, Any]) -> None: ...
+
+    def cell_failed(self, cell: Cell, failure: dict[str, Any]) -> None: ...
+
+    def tick(self, running: int, queued: int) -> None: ...
+
+
+@dataclass
+class SweepPlan:
+    """What a submit will do, decided from the job's cells and the results folder."""
+
+    cells: list[Cell]
+    done: list[Cell]
+    failed: list[Cell]  # failed before; re-run only with --retry-failed
+    todo: list[Cell]
+
+
+@dataclass
+class SweepSummary:
+    plan: SweepPlan
+    finished: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def make_plan(cells: Sequence[Cell], ledger: Ledger, retry_failed: bool) -> SweepPlan:
+    done = [c for c in cells if c.key in ledger.done]
+    failed = [c for c in cells if c.key not in ledger.done and c.key in ledger.failed]
+    todo = [
+        c
+        for c in cells
+        if c.key not in ledger.done and (retry_failed or c.key not in ledger.failed)
+    ]
+    return SweepPlan(cells=list(cells), done=done, failed=failed, todo=todo)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let `kill` (SIGTERM) stop a sweep as cleanly as Ctrl-C does."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_sweep(
+    plan: SweepPlan,
+    store: ResultsStore,
+    executor: Executor,
+    max_in_flight: int = 0,
+    listener: SweepListener | None = None,
+) -> SweepSummary:
+    listener = listener or SweepListener()
+    summary = SweepSummary(plan=plan)
+    limit = max_in_flight or 2 * executor.slots
+    queue = list(plan.todo)
+    queue.reverse()  # pop() from the end keeps the job's order
+    in_flight: dict[Any, Cell] = {}
+    start = time.perf_counter()
+    listener.started(plan, executor)
+    with _sigterm_as_interrupt():
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < limit:
+                    cell = queue.pop()
+                    in_flight[executor.submit(cell.to_payload())] = cell
+                for handle, result in executor.wait(list(in_flight), timeout=0.5):
+                    cell = in_flight.pop(handle)
+                    if result["status"] == "ok":
+                        store.write_result(result["row"])
+                        summary.finished.append(cell.key)
+                        listener.cell_finished(cell, result["row"])
+                    else:
+                        failure = dict(result["failure"])
+                        store.write_failure(failure)
+                        summary.failed.append(cell.key)
+                        listener.cell_failed(cell, failure)
+                running = min(len(in_flight), executor.slots)
+                listener.tick(running, len(in_flight) - running + len(queue))
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            log.info("interrupted: cancelling %d running cell(s)", len(in_flight))
+            executor.cancel(list(in_flight))
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -1,0 +1,152 @@
+"""The training loop every method shares, with honest per-phase timing.
+
+Each epoch is timed with `time.perf_counter()` and split into: data (shuffling and slicing
+batches), forward (the forward pass and the loss), backward (gradients), step (the optimizer
+update), upkeep (the method's own housekeeping, e.g. hash-table rebuilds) and eval
+(validation accuracy and the approximation-error probe, not part of training time). The split
+is the same for every method, so the paper's feedforward / backprop comparison is fair here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from methods.base import MethodModel, TrainSettings
+from runner.datasets.loading import Splits
+
+PHASES = ("data", "forward", "backward", "step", "upkeep")
+EVAL_BATCH = 2048  # evaluation batch: a speed choice only, it does not change any number
+PROBE_SIZE = 256  # validation inputs in the fixed approximation-error probe batch
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    loss: float
+    confusion: list[list[int]]  # [true][predicted] counts
+
+
+@dataclass
+class TrainOutcome:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    test: Evaluation | None = None
+    steps: int = 0
+
+
+@torch.inference_mode()
+def evaluate(model: MethodModel, x: torch.Tensor, y: torch.Tensor, classes: int) -> Evaluation:
+    model.eval()
+    confusion = torch.zeros(classes * classes, dtype=torch.int64)
+    loss_sum = 0.0
+    for start in range(0, len(y), EVAL_BATCH):
+        xb, yb = x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
+        logp = model(xb)  # (B, classes)
+        loss_sum += float(F.nll_loss(logp, yb, reduction="sum"))
+        pred = logp.argmax(dim=1)
+        confusion += torch.bincount(yb * classes + pred, minlength=classes * classes)
+    matrix = confusion.view(classes, classes)
+    n = max(len(y), 1)
+    return Evaluation(
+        accuracy=float(matrix.diagonal().sum()) / n,
+        loss=loss_sum / n,
+        confusion=matrix.tolist(),
+    )
+
+
+def train(
+    model: MethodModel,
+    splits: Splits,
+    settings: TrainSettings,
+    epochs: int,
+    shuffle_generator: torch.Generator,
+    train_limit: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainOutcome:
+    x_train, y_train = splits.x_train, splits.y_train
+    if train_limit is not None:
+        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
+    n, b = len(y_train), settings.batch_size
+    classes = splits.info.classes
+    probe_x = splits.x_val[:PROBE_SIZE]
+    optimizer = model.make_optimizer(settings)
+    outcome = TrainOutcome()
+    cumulative = 0.0
+    step = 0
+
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t_data = t_fwd = t_bwd = t_step = t_upkeep = 0.0
+        loss_sum = 0.0
+        batches = 0
+
+        t0 = perf_counter()
+        order = torch.randperm(n, generator=shuffle_generator)
+        xs, ys = x_train.index_select(0, order), y_train.index_select(0, order)
+        t_data += perf_counter() - t0
+
+        for start in range(0, n, b):
+            t0 = perf_counter()
+            xb, yb = xs[start : start + b], ys[start : start + b]
+            t1 = perf_counter()
+            loss = F.nll_loss(model(xb), yb)
+            t2 = perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t3 = perf_counter()
+            optimizer.step()
+            t4 = perf_counter()
+            step += 1
+            model.upkeep(step)
+            t5 = perf_counter()
+            t_data += t1 - t0
+            t_fwd += t2 - t1
+            t_bwd += t3 - t2
+            t_step += t4 - t3
+            t_upkeep += t5 - t4
+            loss_sum += loss.item()
+            batches += 1
+
+        t0 = perf_counter()
+        model.end_epoch()
+        t_upkeep += perf_counter() - t0
+        train_seconds = t_data + t_fwd + t_bwd + t_step + t_upkeep
+        cumulative += train_seconds
+
+        t0 = perf_counter()
+        val = evaluate(model, splits.x_val, splits.y_val, classes)
+        stats = dict(model.epoch_stats())
+        model.eval()
+        for layer, err in enumerate(model.probe_error(probe_x), start=1):
+            stats[f"probe_rel_error.layer{layer}"] = err
+        eval_seconds = perf_counter() - t0
+
+        train_loss = loss_sum / max(batches, 1)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
+            "val_accuracy": val.accuracy,
+            "val_loss": val.loss,
+            "train_seconds": train_seconds,
+            "cumulative_train_seconds": cumulative,
+            "data_seconds": t_data,
+            "forward_seconds": t_fwd,
+            "backward_seconds": t_bwd,
+            "step_seconds": t_step,
+            "upkeep_seconds": t_upkeep,
+            "eval_seconds": eval_seconds,
+            "stats": [{"name": k, "value": float(v)} for k, v in sorted(stats.items())],
+        }
+        outcome.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    outcome.steps = step
+    outcome.test = evaluate(model, splits.x_test, splits.y_test, classes)
+    return outcome
