@@ -1,25 +1,34 @@
 """cpusweep's runner: job files to cells, cells to Ray tasks, results to Parquet.
 
-The public surface, re-exported here; everything else is internal.
+The public surface, re-exported here (lazily, PEP 562: `methods.registry` imports
+`runner.params`, and importing this package must not pull in the rest of the runner).
 """
 
-from runner.cells import Cell
-from runner.errors import CpusweepError, DatasetError, ExecutorError, ResultsError, SpecError
-from runner.grid import Expansion, expand
-from runner.spec import JobSpec, load_spec, parse_spec
-from runner.store import ResultsStore
+from __future__ import annotations
 
-__all__ = [
-    "Cell",
-    "CpusweepError",
-    "DatasetError",
-    "ExecutorError",
-    "Expansion",
-    "JobSpec",
-    "ResultsError",
-    "ResultsStore",
-    "SpecError",
-    "expand",
-    "load_spec",
-    "parse_spec",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Cell": "runner.cells",
+    "CpusweepError": "runner.errors",
+    "DatasetError": "runner.errors",
+    "ExecutorError": "runner.errors",
+    "ResultsError": "runner.errors",
+    "SpecError": "runner.errors",
+    "Expansion": "runner.grid",
+    "expand": "runner.grid",
+    "JobSpec": "runner.spec",
+    "load_spec": "runner.spec",
+    "parse_spec": "runner.spec",
+    "ResultsStore": "runner.store",
+    "build_report": "runner.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")

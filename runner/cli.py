@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
@@ -23,8 +24,10 @@ from runner.spec import JobSpec, load_spec, parse_spec
 from runner.store import ResultsStore
 from runner.sweep import SweepPlan, make_plan
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped output (CI logs, files) gets wide lines rather than tables squeezed to 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 log = logging.getLogger("cpusweep")
 
 
@@ -216,6 +219,39 @@ def cmd_status(args: argparse.Namespace) -> int:
 # --- report ----------------------------------------------------------------------------------
 
 
+def _mean_std(mean: float, std: float, fmt: str) -> str:
+    if mean != mean:  # NaN
+        return "-"
+    return format(mean, fmt) + ("" if std != std else " ± " + format(std, fmt))
+
+
+def _summary_table(summary: pd.DataFrame, n_cells: int) -> Table:
+    table = Table(title=f"{n_cells} finished cell(s), mean ± std over seeds")
+    keys = ["dataset", "method", "depth", "batch_size", "lr"]
+    keys += [c for c in summary.columns if "." in c]  # method hyperparameters
+    for column in [*keys, "seeds", "test acc", "val acc", "s/epoch", "threads"]:
+        table.add_column(column, justify="left" if column in ("dataset", "method") else "right")
+    for _, row in summary.iterrows():
+        table.add_row(
+            *(
+                (
+                    "-"
+                    if row[k] != row[k]
+                    else f"{row[k]:g}"
+                    if isinstance(row[k], float)
+                    else str(row[k])
+                )
+                for k in keys
+            ),
+            str(row["seeds"]),
+            _mean_std(row["test_accuracy"], row["test_accuracy_std"], ".4f"),
+            f"{row['val_accuracy']:.4f}",
+            _mean_std(row["seconds_per_epoch"], row["seconds_per_epoch_std"], ".3g"),
+            str(row["torch_threads"]),
+        )
+    return table
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from runner.report import build_report
 
@@ -225,27 +261,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if report.cells_path is None:
         console.print(f"No finished cells in {args.results_dir} yet.")
         return 0
-    summary = report.summary
-    table = Table(title=f"{len(report.cells)} finished cell(s): mean over seeds")
-    columns = [
-        c
-        for c in summary.columns
-        if c not in ("arch", "optimizer", "epochs", "train_limit", "width")
-    ]
-    for column in columns:
-        table.add_column(column, justify="right" if summary[column].dtype.kind in "if" else "left")
-    for _, row in summary.iterrows():
-        cells = []
-        for column in columns:
-            value = row[column]
-            if column.startswith("test_accuracy") or column.startswith("val_accuracy"):
-                cells.append("-" if value != value else f"{value:.4f}")
-            elif isinstance(value, float):
-                cells.append("-" if value != value else f"{value:.3g}")
-            else:
-                cells.append(str(value))
-        table.add_row(*cells)
-    console.print(table)
+    console.print(_summary_table(report.summary, len(report.cells)))
     console.print(f"Wrote {report.cells_path} and {report.epochs_path}")
     return 0
 

@@ -7,7 +7,7 @@ reported at once, before anything heavy is imported or started.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ class Param:
     kind: type  # bool, int, float or str
     default: Any  # None: required (no default); for optional ones see `optional`
     doc: str
-    choices: Sequence[Any] | None = None
+    choices: Collection[Any] | None = None
     minimum: float | None = None
     maximum: float | None = None
     exclusive_minimum: bool = False

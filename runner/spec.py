@@ -54,8 +54,9 @@ from runner.params import Param, params_by_name
 
 # Parameters every cell has. Defaults are the paper's (§9.4) unless said otherwise.
 SHARED_PARAMS: tuple[Param, ...] = (
-    Param("method", str, None, "training method", choices=tuple(METHODS)),
-    Param("dataset", str, None, "dataset", choices=tuple(DATASETS)),
+    # Live views of the registries, so valid choices always list what is registered.
+    Param("method", str, None, "training method", choices=METHODS.keys()),
+    Param("dataset", str, None, "dataset", choices=DATASETS.keys()),
     Param("arch", str, "mlp", "network family: a ReLU MLP of `depth` x `width`", choices=("mlp",)),
     Param("depth", int, 3, "hidden layers (paper: 1..7, 3 by default)", minimum=1, maximum=64),
     Param("width", int, 1000, "units per hidden layer (paper: 1000)", minimum=1),
