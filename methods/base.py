@@ -69,23 +69,50 @@ class MethodModel(nn.Module):
     In `train()` mode, forward is the method's own approximation; in `eval()` mode it is what
     the method evaluates with (the exact network for every method of the paper, the
     expectation for standout).
+
+    Everything a method needs to continue bit for bit after a checkpoint (its sampling
+    generator's state, counters, projections) must be in its `state_dict()`: as buffers, or
+    through `get_extra_state` / `set_extra_state`, which this base class already uses for the
+    sampling generator. Extra state holds tensors and plain Python values only, so that
+    checkpoints load with `torch.load(weights_only=True)`.
     """
+
+    def __init__(self, sampling_generator: torch.Generator | None = None):
+        super().__init__()
+        self.sampling_generator = sampling_generator
 
     def make_optimizer(self, settings: TrainSettings) -> torch.optim.Optimizer:
         """The optimizer; sparse methods return one that touches only active rows."""
         return make_dense_optimizer(self.parameters(), settings)
 
-    def upkeep(self, step: int) -> None:
-        """Called after every optimizer step (e.g. hash-table rebuilds); timed as upkeep."""
+    def upkeep(self, step: int, examples_seen: int) -> None:
+        """Called after every optimizer step with the number of steps and training examples
+        so far (e.g. to rebuild hash tables on schedule); timed as upkeep."""
 
     def end_epoch(self) -> None:
         """Called at the end of every training epoch, timed as upkeep."""
 
     def epoch_stats(self) -> dict[str, float]:
-        """Instrumentation for the epoch just finished (then reset), e.g. active-set sizes."""
+        """Instrumentation for the epoch just finished (then reset). Names, per hidden layer
+        i (1-based): `active_units.layer{i}` (mean units computed per step),
+        `keep_rate.layer{i}` (mean fraction kept), `sampled_pairs.{product}.layer{i}` (mean
+        column-row pairs kept; product is forward, grad_input or grad_weight), plus
+        method-wide values such as `rebuilds` and `rebuild_seconds`. The trainer adds
+        `probe_rel_error.layer{i}` from `probe_error`."""
         return {}
 
     def probe_error(self, x: torch.Tensor) -> list[float]:
         """Relative error of each hidden layer's activations under the method's approximate
-        forward pass against the exact one, ||a_approx - a|| / ||a||; empty when exact."""
+        forward pass against the exact one, ||a_approx - a|| / ||a||, on the fixed probe
+        batch `x` (called in eval mode, without gradients; must not advance the training
+        randomness). Empty when the method's forward pass is exact."""
         return []
+
+    def get_extra_state(self) -> dict[str, Any]:
+        if self.sampling_generator is None:
+            return {}
+        return {"sampling_rng": self.sampling_generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if self.sampling_generator is not None and "sampling_rng" in state:
+            self.sampling_generator.set_state(state["sampling_rng"])

@@ -16,7 +16,7 @@ from methods.base import Architecture, MethodModel, init_linear_
 
 class StandardMLP(MethodModel):
     def __init__(self, arch: Architecture, generator: torch.Generator):
-        super().__init__()
+        super().__init__()  # exact: no sampling generator
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(arch.layer_sizes()):
             linear = nn.Linear(fan_in, fan_out)

@@ -57,9 +57,11 @@ def _node_name() -> str:
 
 
 def _weights_digest(model: Any) -> str:
-    """sha256 of every parameter's bytes: two runs of a cell agree bit for bit iff equal."""
+    """sha256 of every parameter's and buffer's bytes: two runs of a cell agree bit for bit
+    iff equal."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()

@@ -78,7 +78,7 @@ def train(
     optimizer = model.make_optimizer(settings)
     outcome = TrainOutcome()
     cumulative = 0.0
-    step = 0
+    step = examples_seen = 0
 
     for epoch in range(1, epochs + 1):
         model.train()
@@ -103,7 +103,8 @@ def train(
             optimizer.step()
             t4 = perf_counter()
             step += 1
-            model.upkeep(step)
+            examples_seen += len(yb)
+            model.upkeep(step, examples_seen)
             t5 = perf_counter()
             t_data += t1 - t0
             t_fwd += t2 - t1
