@@ -33,6 +33,152 @@ METHODS: dict[str, MethodInfo] = {
             summary="Exact training of a ReLU MLP (paper §4.1); the yardstick for every ratio.",
             module="methods.standard",
         ),
+        MethodInfo(
+            name="dropout",
+            version=1,
+            summary="Dropout (Srivastava et al. 2014), computing only the kept units (§5.1).",
+            module="methods.dropout",
+            params=(
+                Param(
+                    "keep",
+                    float,
+                    0.05,
+                    "probability of keeping a hidden unit (paper §9.4: "
+                    "0.05, to match ALSH's 5% active nodes)",
+                    minimum=0.0,
+                    exclusive_minimum=True,
+                    maximum=1.0,
+                ),
+                Param(
+                    "mask",
+                    str,
+                    "batch",
+                    "batch: one set of kept units per mini-batch, "
+                    "computed sparsely (the paper's column sampling); sample: classic "
+                    "per-example masks, a dense masked computation",
+                    choices=("batch", "sample"),
+                ),
+            ),
+        ),
+        MethodInfo(
+            name="adaptive_dropout",
+            version=1,
+            summary="Standout (Ba & Frey 2013): keep probability sigmoid(alpha z + beta) "
+            "from each unit's own pre-activation (§5.1).",
+            module="methods.adaptive_dropout",
+            params=(
+                Param("alpha", float, 1.0, "slope of the keep probability in the pre-activation"),
+                Param(
+                    "beta",
+                    float,
+                    -3.0,
+                    "offset of the keep probability; with alpha = 1 "
+                    "the mean keep rate at initialisation is about 5% (see the module)",
+                ),
+            ),
+        ),
+        MethodInfo(
+            name="mc_approx",
+            version=1,
+            summary="Bernoulli column-row sampling of matrix products (Adelman et al. 2021; "
+            "§6.2, Eq. 8).",
+            module="methods.mc_approx",
+            params=(
+                Param(
+                    "mode",
+                    str,
+                    "backward",
+                    "backward: exact forward, sampled input and "
+                    "weight gradients (what the paper evaluates); forward: sampled forward "
+                    "product",
+                    choices=("backward", "forward"),
+                ),
+                Param(
+                    "k",
+                    int,
+                    10,
+                    "expected column-row pairs kept per product (paper §9.4: 10)",
+                    minimum=1,
+                ),
+                Param(
+                    "sample_ratio",
+                    float,
+                    0.0,
+                    "if > 0, keep max(min_k, ceil(ratio x "
+                    "pairs)) per product instead of k (the reference MLP used 0.9)",
+                    minimum=0.0,
+                    maximum=1.0,
+                ),
+                Param(
+                    "min_k",
+                    int,
+                    10,
+                    "lower bound on pairs kept when sample_ratio is set",
+                    minimum=1,
+                ),
+                Param(
+                    "uniform_mix",
+                    float,
+                    0.0,
+                    "share of the uniform distribution mixed into "
+                    "Eq. 8's probabilities (the reference code used 0.1)",
+                    minimum=0.0,
+                    maximum=1.0,
+                ),
+            ),
+        ),
+        MethodInfo(
+            name="alsh_approx",
+            version=1,
+            summary="Asymmetric-LSH active-node selection (Spring & Shrivastava 2017; §5.2).",
+            module="methods.alsh_approx",
+            params=(
+                Param(
+                    "K", int, 6, "bits per hash signature (paper §9.4: 6)", minimum=1, maximum=30
+                ),
+                Param("L", int, 5, "hash tables per layer (paper §9.4: 5)", minimum=1),
+                Param(
+                    "m",
+                    int,
+                    3,
+                    "norm terms appended by the asymmetric transforms (paper Eq. 3: 3)",
+                    minimum=1,
+                ),
+                Param(
+                    "U",
+                    float,
+                    0.83,
+                    "largest weight-vector norm after scaling (Shrivastava & Li 2014: 0.83)",
+                    minimum=0.0,
+                    exclusive_minimum=True,
+                    maximum=1.0,
+                ),
+                Param(
+                    "active_fraction",
+                    float,
+                    0.05,
+                    "least share of units active per layer and example (paper §5.2: 5%)",
+                    minimum=0.0,
+                    exclusive_minimum=True,
+                    maximum=1.0,
+                ),
+                Param(
+                    "rebuild_early",
+                    int,
+                    100,
+                    "rebuild the tables every N training examples at first (paper §10.2: 100)",
+                    minimum=1,
+                ),
+                Param("rebuild_late", int, 1000, "then every N examples (paper: 1000)", minimum=1),
+                Param(
+                    "rebuild_switch",
+                    int,
+                    10000,
+                    "examples after which the late schedule applies (paper: 10000)",
+                    minimum=0,
+                ),
+            ),
+        ),
     ]
 }
 
