@@ -57,7 +57,14 @@ SHARED_PARAMS: tuple[Param, ...] = (
     # Live views of the registries, so valid choices always list what is registered.
     Param("method", str, None, "training method", choices=METHODS.keys()),
     Param("dataset", str, None, "dataset", choices=DATASETS.keys()),
-    Param("arch", str, "mlp", "network family: a ReLU MLP of `depth` x `width`", choices=("mlp",)),
+    Param(
+        "arch",
+        str,
+        "mlp",
+        "mlp: `depth` hidden ReLU layers of `width` units; cnn: "
+        "ResNet-18 (CIFAR variant) then 2 fully connected layers (paper §8)",
+        choices=("mlp", "cnn"),
+    ),
     Param("depth", int, 3, "hidden layers (paper: 1..7, 3 by default)", minimum=1, maximum=64),
     Param("width", int, 1000, "units per hidden layer (paper: 1000)", minimum=1),
     Param("batch_size", int, 1, "examples per step (paper: 1 for SGD, 20 mini-batch)", minimum=1),
