@@ -29,5 +29,9 @@ def build(
     """Build method `name`'s model. `generator` draws the initial weights; `sampling_generator`
     every random choice the method makes while training (masks, samples, hash projections)."""
     module = importlib.import_module(METHODS[name].module)
+    if arch.kind == "cnn":
+        from methods import cnn
+
+        return cnn.build(name, module.build, arch, hyper, generator, sampling_generator)
     model: MethodModel = module.build(arch, hyper, generator, sampling_generator)
     return model

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -19,12 +19,15 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Architecture:
-    """The network a cell trains: `depth` hidden layers of `width` units."""
+    """The network a cell trains: `depth` hidden layers of `width` units (for `kind` "cnn":
+    after a ResNet-18 backbone over images of `image_shape`, see methods/cnn.py)."""
 
     in_features: int
     width: int
     depth: int
     classes: int
+    kind: str = "mlp"
+    image_shape: tuple[int, int, int] | None = None  # (channels, height, width)
 
     def layer_sizes(self) -> list[tuple[int, int]]:
         """(fan_in, fan_out) of every linear layer, hidden ones first, output last."""
@@ -55,6 +58,19 @@ def init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
         nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
 
+class Optimizer(Protocol):
+    """What the trainer and checkpoints use of an optimizer: torch's own, or a method's
+    (e.g. the lazy sparse one of methods/sparse.py)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
 def make_dense_optimizer(params: Any, settings: TrainSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
@@ -81,7 +97,7 @@ class MethodModel(nn.Module):
         super().__init__()
         self.sampling_generator = sampling_generator
 
-    def make_optimizer(self, settings: TrainSettings) -> torch.optim.Optimizer:
+    def make_optimizer(self, settings: TrainSettings) -> Optimizer:
         """The optimizer; sparse methods return one that touches only active rows."""
         return make_dense_optimizer(self.parameters(), settings)
 
@@ -101,18 +117,27 @@ class MethodModel(nn.Module):
         `probe_rel_error.layer{i}` from `probe_error`."""
         return {}
 
-    def probe_error(self, x: torch.Tensor) -> list[float]:
+    def probe_error(self, x: torch.Tensor, batch_size: int) -> list[float]:
         """Relative error of each hidden layer's activations under the method's approximate
         forward pass against the exact one, ||a_approx - a|| / ||a||, on the fixed probe
-        batch `x` (called in eval mode, without gradients; must not advance the training
-        randomness). Empty when the method's forward pass is exact."""
+        batch `x`, processed in chunks of the training batch size. Called in eval mode
+        without gradients; it must leave the training randomness untouched (see
+        `random_state`). Empty when the method's forward pass is exact."""
         return []
 
-    def get_extra_state(self) -> dict[str, Any]:
+    def random_state(self) -> dict[str, Any]:
+        """Everything random the method draws from while training (for checkpoints, and to
+        run the probe without disturbing training)."""
         if self.sampling_generator is None:
             return {}
         return {"sampling_rng": self.sampling_generator.get_state()}
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
+    def set_random_state(self, state: dict[str, Any]) -> None:
         if self.sampling_generator is not None and "sampling_rng" in state:
             self.sampling_generator.set_state(state["sampling_rng"])
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return self.random_state()
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.set_random_state(state)

@@ -8,6 +8,7 @@ sweep. The driver, the only writer of the results folder, stores what comes back
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import random
@@ -129,12 +130,14 @@ def _train_cell(
     from runner.trainer import train
 
     root = resolve_data_root(data_root)
+    kind = str(v["arch"])
     t0 = time.perf_counter()
     splits = load_splits(
         cell.dataset,
         Path(root),
         int(v["split_seed"]),
         download=downloads_allowed() if download is None else download,
+        flatten=kind == "mlp",  # the CNN takes images
     )
     load_seconds = time.perf_counter() - t0
 
@@ -143,6 +146,8 @@ def _train_cell(
         width=int(v["width"]),
         depth=int(v["depth"]),
         classes=splits.info.classes,
+        kind=kind,
+        image_shape=splits.info.image_shape,
     )
     model = methods.build(
         cell.method,
@@ -183,6 +188,8 @@ def _train_cell(
             "val_accuracy": history[-1]["val_accuracy"],
             "best_val_accuracy": max(h["val_accuracy"] for h in history),
             "final_train_loss": history[-1]["train_loss"],
+            # The loss became NaN or infinite in some epoch (the cell still completes).
+            "diverged": any(not math.isfinite(h["train_loss"]) for h in history),
             "epochs_done": len(history),
             "steps": outcome.steps,
             "train_seconds": train_seconds,

@@ -67,10 +67,18 @@ class Cell:
         return {k[len(prefix) :]: v for k, v in self.values.items() if k.startswith(prefix)}
 
     def label(self) -> str:
-        """A short human-readable name (not unique; the key is)."""
+        """A short human-readable name (not unique; the key is): method/dataset, depth,
+        batch size, seed, and the method hyperparameters that differ from their defaults."""
         v = self.values
         text = f"{v['method']}/{v['dataset']} d{v['depth']} b{v['batch_size']} s{v['seed']}"
-        extras = [f"{k.split('.', 1)[1]}={val}" for k, val in sorted(v.items()) if "." in k]
+        if v.get("arch", "mlp") != "mlp":
+            text += f" {v['arch']}"
+        defaults = {p.name: p.default for p in METHODS[self.method].params}
+        extras = [
+            f"{name}={value}"
+            for name, value in sorted(self.method_params().items())
+            if value != defaults.get(name)
+        ]
         return text + (" " + " ".join(extras) if extras else "")
 
     def to_payload(self) -> dict[str, Any]:

@@ -165,10 +165,14 @@ class RayExecutor(Executor):
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
                 os.environ.setdefault("RAY_task_oom_retries", "1")
                 ray.init(
+                    # A new private instance, even when `ray start` left one running here.
+                    address="local",
                     num_cpus=cpus or os.cpu_count() or 1,
                     include_dashboard=False,
                     runtime_env=runtime_env,
-                    logging_level=logging.WARNING,
+                    # Quiet: e.g. the notice that token authentication is on, which is
+                    # just what a private loopback instance should have.
+                    logging_level=logging.ERROR,
                     log_to_driver=False,
                 )
                 self._where = "local Ray (loopback only)"

@@ -79,8 +79,9 @@ class RichProgress(SweepListener):
     def cell_finished(self, cell: Cell, row: dict[str, Any]) -> None:
         self.done += 1
         self.cell_seconds.append(float(row.get("wall_seconds", 0.0)))
+        diverged = " [yellow](loss diverged)[/]" if row.get("diverged") else ""
         self.console.print(
-            f"[green]✓[/] {cell.label():40s} test {row['test_accuracy']:.4f}  "
+            f"[green]✓[/] {cell.label():40s} test {row['test_accuracy']:.4f}{diverged}  "
             f"{row['seconds_per_epoch']:.2f} s/epoch  threads {row['torch_threads']}  "
             f"[dim]{cell.key}[/]",
             highlight=False,

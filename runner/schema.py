@@ -45,6 +45,7 @@ MEASURED_COLUMNS = (
     "val_accuracy",
     "best_val_accuracy",
     "final_train_loss",
+    "diverged",
     "epochs_done",
     "steps",
     "train_seconds",

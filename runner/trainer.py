@@ -124,7 +124,7 @@ def train(
         val = evaluate(model, splits.x_val, splits.y_val, classes)
         stats = dict(model.epoch_stats())
         model.eval()
-        for layer, err in enumerate(model.probe_error(probe_x), start=1):
+        for layer, err in enumerate(model.probe_error(probe_x, settings.batch_size), start=1):
             stats[f"probe_rel_error.layer{layer}"] = err
         eval_seconds = perf_counter() - t0
 

@@ -119,3 +119,43 @@ def test_driver_killed_mid_sweep_is_resumed_by_the_same_command(tmp_path: Path) 
     # Cells finished before the kill were not touched by the resume.
     for key in done_before:
         assert (results / "cells" / f"{key}.parquet").exists()
+
+
+def test_every_method_and_the_cnn_run_through_ray(tmp_path: Path) -> None:
+    job = write_job(
+        tmp_path / "methods.toml",
+        """
+        name = "methods"
+        [grid]
+        method = ["standard", "dropout", "adaptive_dropout", "mc_approx", "alsh_approx"]
+        [params]
+        dataset = "digits"
+        depth = 2
+        width = 64
+        epochs = 1
+        batch_size = 20
+        lr = 0.05
+        train_limit = 300
+        [[override]]
+        where = { method = "mc_approx" }
+        set = { arch = "cnn", depth = 1, train_limit = 60 }
+        [resources]
+        memory_gb = 1.0
+    """,
+    )
+    results = tmp_path / "results"
+    assert main(["submit", str(job), "--results", str(results), "--cpus", "2"]) == 0
+    rows = read_cells(results).set_index("method")
+    assert sorted(rows.index) == sorted(
+        ["standard", "dropout", "adaptive_dropout", "mc_approx", "alsh_approx"]
+    )
+    assert rows.loc["mc_approx", "arch"] == "cnn"
+    assert (rows["torch_threads"] == 1).all()
+    stats = {
+        method: {s["name"] for s in history[-1]["stats"]}
+        for method, history in rows["history"].items()
+    }
+    assert "active_units.layer1" in stats["dropout"]
+    assert {"rebuilds", "rebuild_seconds", "probe_rel_error.layer2"} <= stats["alsh_approx"]
+    assert "keep_rate.layer2" in stats["adaptive_dropout"]
+    assert any(name.startswith("sampled_pairs.grad_weight.conv") for name in stats["mc_approx"])

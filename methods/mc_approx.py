@@ -1,0 +1,377 @@
+"""MC-APPROX (Adelman et al. 2021; paper §6.2): Bernoulli column-row sampling of products.
+
+To approximate A B (A: N x n, B: n x p), pair i (column i of A, row i of B) is kept with
+probability p_i = min(1, k |A[:, i]| |B[i, :]| / sum_j |A[:, j]| |B[j, :]|) (paper Eq. 8),
+independently, and kept pairs are scaled by 1/p_i:  A B ~ sum_{i kept} A[:, i] B[i, :] / p_i.
+The estimate is unbiased for fixed A and B, and exact when k covers every pair (k >= n: every
+pair is kept, nothing is sampled). Kept pairs are gathered and scaled elementwise; no dense
+diagonal sampling or scaling matrix is ever formed.
+
+Modes (`mode`):
+- "backward" (default, what the paper evaluates, §7 and §11.1): the forward pass is exact; in
+  the backward pass of every linear layer, the input gradient dY W is sampled over the output
+  units and the weight gradient dY^T X over the examples of the batch (so at batch 1 the
+  weight gradient is exact and only the input gradient is sampled). The bias gradient is the
+  exact column sum of dY.
+- "forward": the forward product X W^T is sampled over the input features, and gradients are
+  those of the sampled product.
+
+`k` pairs are expected per product (paper §9.4: 10); with `sample_ratio` > 0 each product
+keeps max(min_k, ceil(ratio x pairs)) instead (the reference MLP's 0.9 / 10). `uniform_mix`
+mixes that share of the uniform distribution into Eq. 8 (the reference code used 0.1; Eq. 8
+itself is 0). Every layer is approximated, the output layer included; evaluation is exact.
+Sampled-pair counts per product and layer are recorded (`sampled_pairs.<product>.layer{i}`,
+layer depth + 1 being the output layer).
+
+Published pitfall avoided (methods.md): log-softmax is over the classes (dim 1), not the
+batch, so batch 1 has non-zero gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.nn.grad
+from torch import nn
+
+from methods.base import Architecture, MethodModel, init_linear_
+
+PRODUCTS = ("forward", "grad_input", "grad_weight")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How many pairs each product keeps, and the probabilities' uniform share."""
+
+    k: int
+    sample_ratio: float = 0.0
+    min_k: int = 10
+    uniform_mix: float = 0.0
+
+    def pairs_to_keep(self, n: int) -> int:
+        if self.sample_ratio > 0:
+            return max(self.min_k, math.ceil(self.sample_ratio * n))
+        return self.k
+
+
+def keep_probabilities(
+    a_norms: torch.Tensor, b_norms: torch.Tensor, k: int, uniform_mix: float = 0.0
+) -> torch.Tensor:
+    """Eq. 8: p_i = min(1, k w_i / sum_j w_j), w_i = |A[:, i]| |B[i, :]| (optionally mixed
+    with the uniform distribution). Pairs with w_i = 0 contribute nothing and get p_i = 0
+    unless mixed."""
+    weights = a_norms * b_norms  # (n,)
+    n = weights.numel()
+    total = weights.sum()
+    share = weights / total if float(total) > 0 else torch.full_like(weights, 1.0 / n)
+    if uniform_mix:
+        share = (1 - uniform_mix) * share + uniform_mix / n
+    return (k * share).clamp_(max=1.0)
+
+
+def sampled_matmul(
+    a: torch.Tensor, b: torch.Tensor, sampling: Sampling, generator: torch.Generator | None
+) -> tuple[torch.Tensor, int]:
+    """Unbiased estimate of a @ b ((N, n) @ (n, p)) by Bernoulli column-row sampling; returns
+    the estimate and the number of pairs kept."""
+    n = a.shape[1]
+    k = sampling.pairs_to_keep(n)
+    if k >= n:
+        return a @ b, n  # every pair kept: the exact product
+    # The probabilities are constants of the estimator, not part of what is differentiated.
+    p = keep_probabilities(a.detach().norm(dim=0), b.detach().norm(dim=1), k, sampling.uniform_mix)
+    kept = (torch.rand(n, generator=generator, dtype=p.dtype) < p).nonzero().squeeze(1)
+    scale = p.index_select(0, kept).reciprocal()  # (c,)
+    a_kept = a.index_select(1, kept) * scale  # (N, c), scaled elementwise
+    return a_kept @ b.index_select(0, kept), kept.numel()  # (N, c) @ (c, p)
+
+
+class _BackwardSampledLinear(torch.autograd.Function):
+    """y = x W^T + b exactly; backward samples dY W (over outputs) and dY^T X (over examples)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: MCLinear
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.layer = layer
+        return torch.addmm(bias, x, weight.t())
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        layer: MCLinear = ctx.layer
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # (B, out) @ (out, in): column-row pairs over the output units
+            grad_x, kept = sampled_matmul(grad_out, weight, layer.sampling, layer.generator)
+            layer.count("grad_input", kept)
+        if ctx.needs_input_grad[1]:
+            # (out, B) @ (B, in): column-row pairs over the examples of the batch
+            grad_w, kept = sampled_matmul(grad_out.t(), x, layer.sampling, layer.generator)
+            layer.count("grad_weight", kept)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(dim=0)
+        return grad_x, grad_w, grad_b, None
+
+
+class _PairCounter:
+    """Counts the column-row pairs each sampled product kept, for the epoch's statistics."""
+
+    def reset_counts(self) -> None:
+        self.kept = dict.fromkeys(PRODUCTS, 0)
+        self.calls = dict.fromkeys(PRODUCTS, 0)
+
+    def count(self, product: str, kept: int) -> None:
+        self.kept[product] += kept
+        self.calls[product] += 1
+
+    def take_stats(self) -> dict[str, float]:
+        """Mean pairs kept per call of each product since the last call; then reset."""
+        stats = {p: self.kept[p] / self.calls[p] for p in PRODUCTS if self.calls[p]}
+        self.reset_counts()
+        return stats
+
+
+class MCLinear(nn.Linear, _PairCounter):
+    """A linear layer whose training-time products are sampled; exact in evaluation."""
+
+    def __init__(
+        self,
+        fan_in: int,
+        fan_out: int,
+        mode: str,
+        sampling: Sampling,
+        generator: torch.Generator | None,
+    ):
+        super().__init__(fan_in, fan_out)
+        self.mode = mode
+        self.sampling = sampling
+        self.generator = generator
+        self.reset_counts()
+
+    def sampled_forward(self, x: torch.Tensor, record: bool) -> torch.Tensor:
+        # (B, in) @ (in, out): column-row pairs over the input features
+        y, kept = sampled_matmul(x, self.weight.t(), self.sampling, self.generator)
+        if record:
+            self.count("forward", kept)
+        return y + self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.linear(x, self.weight, self.bias)
+        if self.mode == "forward":
+            return self.sampled_forward(x, record=True)
+        out: torch.Tensor = _BackwardSampledLinear.apply(x, self.weight, self.bias, self)
+        return out
+
+
+class _BackwardSampledConv2d(torch.autograd.Function):
+    """An exact convolution whose backward pass samples column-row pairs: the input gradient
+    (a sum over output channels) over output channels, the weight gradient (a sum over the
+    batch) over examples. The convolution analogue of `_BackwardSampledLinear`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, conv: MCConv2d) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conv = conv
+        return F.conv2d(x, weight, None, conv.stride, conv.padding)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        conv: MCConv2d = ctx.conv
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            # Pairs: output channel o, (grad_out[:, o], weight[o]).
+            kept, scale = conv.choose(
+                grad_out.transpose(0, 1).flatten(1).norm(dim=1), weight.flatten(1).norm(dim=1)
+            )
+            if kept.numel() == 0:  # no pair drawn: the estimate is exactly zero
+                grad_x = torch.zeros_like(x)
+            else:
+                grad_x = torch.nn.grad.conv2d_input(
+                    x.shape,
+                    weight.index_select(0, kept),
+                    grad_out.index_select(1, kept) * scale.view(1, -1, 1, 1),
+                    conv.stride,
+                    conv.padding,
+                )
+            conv.count("grad_input", kept.numel())
+        if ctx.needs_input_grad[1]:
+            # Pairs: example b, (grad_out[b], x[b]).
+            kept, scale = conv.choose(grad_out.flatten(1).norm(dim=1), x.flatten(1).norm(dim=1))
+            if kept.numel() == 0:
+                grad_w = torch.zeros_like(weight)
+            else:
+                grad_w = torch.nn.grad.conv2d_weight(
+                    x.index_select(0, kept),
+                    weight.shape,
+                    grad_out.index_select(0, kept) * scale.view(-1, 1, 1, 1),
+                    conv.stride,
+                    conv.padding,
+                )
+            conv.count("grad_weight", kept.numel())
+        return grad_x, grad_w, None
+
+
+class MCConv2d(nn.Conv2d, _PairCounter):
+    """A bias-free convolution (as in ResNet) with MC-APPROX sampling in training: in
+    "forward" mode over input channels, in "backward" mode as `_BackwardSampledConv2d`."""
+
+    def __init__(
+        self, conv: nn.Conv2d, mode: str, sampling: Sampling, generator: torch.Generator | None
+    ):
+        assert conv.bias is None and conv.groups == 1 and conv.dilation == (1, 1)
+        assert isinstance(conv.padding, tuple)
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            (kh, kw),
+            stride=(sh, sw),
+            padding=(ph, pw),
+            bias=False,
+        )
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+        self.mode = mode
+        self.sampling = sampling
+        self.generator = generator
+        self.reset_counts()
+
+    def choose(
+        self, a_norms: torch.Tensor, b_norms: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept pair indices and their 1/p scales (all pairs, scale 1, when k covers them)."""
+        n = a_norms.numel()
+        k = self.sampling.pairs_to_keep(n)
+        if k >= n:
+            return torch.arange(n), torch.ones(n)
+        p = keep_probabilities(a_norms.detach(), b_norms.detach(), k, self.sampling.uniform_mix)
+        kept = (torch.rand(n, generator=self.generator) < p).nonzero().squeeze(1)
+        return kept, p.index_select(0, kept).reciprocal()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.conv2d(x, self.weight, None, self.stride, self.padding)
+        if self.mode == "forward":
+            # Pairs: input channel c, (x[:, c], weight[:, c]).
+            kept, scale = self.choose(
+                x.transpose(0, 1).flatten(1).norm(dim=1),
+                self.weight.transpose(0, 1).flatten(1).norm(dim=1),
+            )
+            self.count("forward", kept.numel())
+            if kept.numel() == 0:  # no channel drawn: the estimate is exactly zero
+                return F.conv2d(
+                    torch.zeros_like(x[:, :1]), self.weight[:, :1], None, self.stride, self.padding
+                )
+            x_kept = x.index_select(1, kept) * scale.view(1, -1, 1, 1)
+            return F.conv2d(
+                x_kept, self.weight.index_select(1, kept), None, self.stride, self.padding
+            )
+        out: torch.Tensor = _BackwardSampledConv2d.apply(x, self.weight, self)
+        return out
+
+
+class MCApprox(MethodModel):
+    def __init__(
+        self,
+        arch: Architecture,
+        mode: str,
+        sampling: Sampling,
+        generator: torch.Generator,
+        sampling_generator: torch.Generator,
+    ):
+        super().__init__(sampling_generator)
+        self.arch = arch
+        self.mode = mode
+        self.layers = nn.ModuleList()
+        for fan_in, fan_out in arch.layer_sizes():
+            linear = MCLinear(fan_in, fan_out, mode, sampling, sampling_generator)
+            init_linear_(linear, generator)
+            self.layers.append(linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for layer in self.layers[:-1]:
+            h = F.relu(layer(h))
+        return F.log_softmax(self.layers[-1](h), dim=1)
+
+    def epoch_stats(self) -> dict[str, float]:
+        stats = {}
+        for i, layer in enumerate(self.layers, start=1):
+            assert isinstance(layer, MCLinear)
+            for product, mean in layer.take_stats().items():
+                stats[f"sampled_pairs.{product}.layer{i}"] = mean
+        return stats
+
+    @torch.no_grad()
+    def probe_error(self, x: torch.Tensor, batch_size: int) -> list[float]:
+        """Backward mode computes the forward pass exactly: nothing to probe."""
+        if self.mode != "forward":
+            return []
+        saved = self.random_state()
+        try:
+            errors_num = [0.0] * self.arch.depth
+            errors_den = [0.0] * self.arch.depth
+            for start in range(0, len(x), batch_size):
+                approx = exact = x[start : start + batch_size]
+                for i, layer in enumerate(self.layers[:-1]):
+                    assert isinstance(layer, MCLinear)
+                    approx = F.relu(layer.sampled_forward(approx, record=False))
+                    exact = F.relu(F.linear(exact, layer.weight, layer.bias))
+                    errors_num[i] += float((approx - exact).pow(2).sum())
+                    errors_den[i] += float(exact.pow(2).sum())
+        finally:
+            self.set_random_state(saved)
+        return [
+            math.sqrt(a / b) if b > 0 else float("nan")
+            for a, b in zip(errors_num, errors_den, strict=True)
+        ]
+
+
+def sampling_of(hyper: dict[str, Any]) -> Sampling:
+    return Sampling(
+        k=int(hyper["k"]),
+        sample_ratio=float(hyper["sample_ratio"]),
+        min_k=int(hyper["min_k"]),
+        uniform_mix=float(hyper["uniform_mix"]),
+    )
+
+
+def approximate_convolutions(
+    backbone: nn.Module, hyper: dict[str, Any], generator: torch.Generator
+) -> nn.Module:
+    """Replace every convolution of a CNN backbone by its MC-APPROX version (paper §8: the
+    convolutions are approximated, the classifier stays exact)."""
+    for name, child in list(backbone.named_children()):
+        if isinstance(child, nn.Conv2d):
+            setattr(
+                backbone, name, MCConv2d(child, str(hyper["mode"]), sampling_of(hyper), generator)
+            )
+        else:
+            approximate_convolutions(child, hyper, generator)
+    return backbone
+
+
+def conv_stats(backbone: nn.Module) -> dict[str, float]:
+    stats = {}
+    convs = [m for m in backbone.modules() if isinstance(m, MCConv2d)]
+    for i, conv in enumerate(convs, start=1):
+        for product, mean in conv.take_stats().items():
+            stats[f"sampled_pairs.{product}.conv{i}"] = mean
+    return stats
+
+
+def build(
+    arch: Architecture,
+    hyper: dict[str, Any],
+    generator: torch.Generator,
+    sampling_generator: torch.Generator,
+) -> MethodModel:
+    return MCApprox(arch, str(hyper["mode"]), sampling_of(hyper), generator, sampling_generator)

@@ -1,0 +1,307 @@
+"""Genuinely sparse training of an MLP on a subset of each hidden layer's units.
+
+DROPOUT (one mask per mini-batch) and ALSH-APPROX differ only in how they choose each hidden
+layer's active units; the computation on them is shared and lives here:
+
+- forward: for hidden layer i with active units S_i (and S_{i-1} of the layer below), gather
+  only the block W_i[S_i, S_{i-1}] and b_i[S_i] and compute z = h @ block^T + b on it; every
+  other unit is 0 and is never computed. The output layer is exact over its classes, on the
+  active units of the last hidden layer.
+- backward: autograd runs on the gathered blocks only, so gradients exist for active weights
+  only (cost proportional to the blocks, not the layers).
+- step: `LazyOptimizer` writes updates back into those blocks only. For Adam this is lazy
+  ("sparse") Adam: the moments of weights outside the block are neither read nor decayed,
+  and bias correction uses the global step count (as TensorFlow's LazyAdam and PyTorch's
+  SparseAdam do). With every unit active it is exactly dense SGD / Adam.
+
+A block is (parameter, row indices or None, column indices or None): None means all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import Architecture, MethodModel, TrainSettings, init_linear_
+
+
+@dataclass
+class Block:
+    """The part of a parameter one training step reads and updates."""
+
+    param: torch.Tensor
+    rows: torch.Tensor | None  # (r,) sorted int64, or None for every row
+    cols: torch.Tensor | None  # (c,) sorted int64, or None for every column
+    leaf: torch.Tensor  # the gathered values; autograd puts the block's gradient here
+
+    @property
+    def numel(self) -> int:
+        return self.leaf.numel()
+
+
+def gather(
+    param: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None
+) -> torch.Tensor:
+    """param[rows][:, cols] as a new tensor (rows/cols None = all); a 1-D param uses rows."""
+    if param.dim() == 1:
+        return param.index_select(0, rows) if rows is not None else param.clone()
+    if rows is not None and cols is not None:
+        return param[rows.unsqueeze(1), cols]  # (r, c), one gather
+    if rows is not None:
+        return param.index_select(0, rows)
+    if cols is not None:
+        return param.index_select(1, cols)
+    return param.clone()
+
+
+def scatter_(
+    param: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None, values: torch.Tensor
+) -> None:
+    """Write `values` into param[rows][:, cols] in place."""
+    if param.dim() == 1:
+        if rows is not None:
+            param.index_copy_(0, rows, values)
+        else:
+            param.copy_(values)
+    elif rows is not None and cols is not None:
+        param.index_put_((rows.unsqueeze(1), cols), values)
+    elif rows is not None:
+        param.index_copy_(0, rows, values)
+    elif cols is not None:
+        param.index_copy_(1, cols, values)
+    else:
+        param.copy_(values)
+
+
+class SparseMLP(MethodModel):
+    """A ReLU MLP that trains on per-step active units of its hidden layers.
+
+    Subclasses implement `choose_active(x)`: the active units of every hidden layer for this
+    batch, and the factor their activations are multiplied by (1/keep for inverted dropout,
+    1 for ALSH). Choosing may depend on the activations computed so far (ALSH hashes each
+    layer's input), so it is called layer by layer through `active_for_layer`.
+    """
+
+    def __init__(
+        self, arch: Architecture, generator: torch.Generator, sampling_generator: torch.Generator
+    ):
+        super().__init__(sampling_generator)
+        self.arch = arch
+        self.layers = nn.ModuleList()
+        for fan_in, fan_out in arch.layer_sizes():
+            linear = nn.Linear(fan_in, fan_out)
+            init_linear_(linear, generator)
+            self.layers.append(linear)
+        self.blocks: list[Block] = []  # what the last training step touched
+        self._active_sum = [0.0] * arch.depth
+        self._steps = 0
+
+    # --- what subclasses provide -----------------------------------------------------------
+
+    def active_for_layer(
+        self, layer: int, h: torch.Tensor, prev: torch.Tensor | None, record: bool
+    ) -> tuple[torch.Tensor, float]:
+        """Active units (sorted int64) of hidden layer `layer` (0-based) for the batch whose
+        input to this layer is `h` (B, |prev|), `prev` its active units below (None: the
+        network's input); and the factor applied to their activations. `record` is False
+        during the probe: do not count it in the method's statistics."""
+        raise NotImplementedError
+
+    # --- the computation ----------------------------------------------------------------------
+
+    def dense_hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every hidden layer's exact activations."""
+        acts, h = [], x
+        for layer in self.layers[:-1]:
+            h = F.relu(layer(h))
+            acts.append(h)
+        return acts
+
+    def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact network: evaluation mode."""
+        h = x
+        for layer in self.layers[:-1]:
+            h = F.relu(layer(h))
+        return F.log_softmax(self.layers[-1](h), dim=1)
+
+    def sparse_hidden(
+        self, x: torch.Tensor, record: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Hidden layers computed on their active units only: per layer, the activations
+        (B, |S_i|) and the active unit indices S_i."""
+        h, prev = x, None
+        trace = []
+        for i, layer in enumerate(self.layers[:-1]):
+            assert isinstance(layer, nn.Linear)
+            with torch.no_grad():
+                active, factor = self.active_for_layer(i, h.detach(), prev, record)
+            w = self._block(layer.weight, active, prev, record)  # (|S_i|, |S_{i-1}|)
+            b = self._block(layer.bias, active, None, record)  # (|S_i|,)
+            h = F.relu(torch.addmm(b, h, w.t()))  # (B, |S_{i-1}|) @ (|S_{i-1}|, |S_i|)
+            if factor != 1.0:
+                h = h * factor
+            if record:
+                self._active_sum[i] += active.numel()
+            trace.append((h, active))
+            prev = active
+        return trace
+
+    def _block(
+        self,
+        param: torch.Tensor,
+        rows: torch.Tensor | None,
+        cols: torch.Tensor | None,
+        record: bool,
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            leaf = gather(param, rows, cols)
+        if record:  # a training step: autograd collects this block's gradient
+            leaf.requires_grad_(True)
+            self.blocks.append(Block(param, rows, cols, leaf))
+        return leaf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.dense_forward(x)
+        self.blocks = []
+        self._steps += 1
+        trace = self.sparse_hidden(x, record=True)
+        h, prev = trace[-1]
+        out = self.layers[-1]
+        assert isinstance(out, nn.Linear)
+        w = self._block(out.weight, None, prev, record=True)  # (classes, |S_last|)
+        b = self._block(out.bias, None, None, record=True)
+        return F.log_softmax(torch.addmm(b, h, w.t()), dim=1)  # (B, classes)
+
+    def make_optimizer(self, settings: TrainSettings) -> LazyOptimizer:
+        return LazyOptimizer(self, settings)
+
+    def epoch_stats(self) -> dict[str, float]:
+        steps = max(self._steps, 1)
+        stats = {f"active_units.layer{i + 1}": s / steps for i, s in enumerate(self._active_sum)}
+        self._active_sum = [0.0] * self.arch.depth
+        self._steps = 0
+        return stats
+
+    @torch.no_grad()
+    def probe_error(self, x: torch.Tensor, batch_size: int) -> list[float]:
+        """||a_sparse - a_exact|| / ||a_exact|| per hidden layer over the probe batch, the
+        sparse pass run on chunks of the training batch size (active sets are per batch) and
+        scattered back to full width (inactive units are exactly 0). The training
+        randomness is left where it was."""
+        saved = self.random_state()
+        try:
+            diffs = [0.0] * self.arch.depth
+            norms = [0.0] * self.arch.depth
+            for start in range(0, len(x), batch_size):
+                chunk = x[start : start + batch_size]
+                exact = self.dense_hidden(chunk)
+                for i, (h, active) in enumerate(self.sparse_hidden(chunk, record=False)):
+                    full = torch.zeros_like(exact[i]).index_copy_(1, active, h)
+                    diffs[i] += float((full - exact[i]).pow(2).sum())
+                    norms[i] += float(exact[i].pow(2).sum())
+        finally:
+            self.set_random_state(saved)
+        return [
+            math.sqrt(d / n) if n > 0 else float("nan") for d, n in zip(diffs, norms, strict=True)
+        ]
+
+
+class LazyOptimizer:
+    """SGD (with momentum) or Adam that updates only the blocks the last step touched.
+
+    It follows `torch.optim.Optimizer`'s protocol where the trainer and checkpoints use it:
+    `zero_grad`, `step`, `state_dict`, `load_state_dict`.
+    """
+
+    def __init__(
+        self,
+        model: SparseMLP,
+        settings: TrainSettings,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        self.model = model
+        self.kind = settings.optimizer
+        self.lr = settings.lr
+        self.momentum = settings.momentum
+        self.betas = betas
+        self.eps = eps
+        self.step_count = 0
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+        self.updated_elements = 0  # instrumentation: weights written by the last step
+        self._names = {id(p): name for name, p in model.named_parameters()}
+        for param in model.parameters():
+            self._state_for(param)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients live on the per-step blocks, which the next forward replaces."""
+
+    def _state_for(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
+        name = self._names[id(param)]
+        if name not in self.state:
+            # Allocated once, so that no step ever touches a whole parameter's state.
+            if self.kind == "adam":
+                self.state[name] = {
+                    "exp_avg": torch.zeros_like(param),
+                    "exp_avg_sq": torch.zeros_like(param),
+                }
+            elif self.momentum:
+                self.state[name] = {"momentum_buffer": torch.zeros_like(param)}
+            else:
+                self.state[name] = {}
+        return self.state[name]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.step_count += 1
+        self.updated_elements = 0
+        for block in self.model.blocks:
+            grad = block.leaf.grad
+            if grad is None:  # the block did not reach the loss (e.g. an empty layer)
+                continue
+            self.updated_elements += grad.numel()
+            if self.kind == "adam":
+                self._adam(block, grad)
+            else:
+                self._sgd(block, grad)
+
+    def _sgd(self, block: Block, grad: torch.Tensor) -> None:
+        param = block.param
+        if self.momentum:
+            buf_full = self._state_for(param)["momentum_buffer"]
+            buf = gather(buf_full, block.rows, block.cols).mul_(self.momentum).add_(grad)
+            scatter_(buf_full, block.rows, block.cols, buf)
+            grad = buf
+        # The same arithmetic as torch.optim.SGD (param.add_(grad, alpha=-lr)).
+        scatter_(param, block.rows, block.cols, block.leaf.detach().add(grad, alpha=-self.lr))
+
+    def _adam(self, block: Block, grad: torch.Tensor) -> None:
+        beta1, beta2 = self.betas
+        state = self._state_for(block.param)
+        m = gather(state["exp_avg"], block.rows, block.cols)
+        v = gather(state["exp_avg_sq"], block.rows, block.cols)
+        m.lerp_(grad, 1 - beta1)  # the same arithmetic as torch.optim.Adam
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias1 = 1 - beta1**self.step_count
+        bias2_sqrt = (1 - beta2**self.step_count) ** 0.5
+        denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
+        value = block.leaf.detach().addcdiv(m, denom, value=-self.lr / bias1)
+        scatter_(state["exp_avg"], block.rows, block.cols, m)
+        scatter_(state["exp_avg_sq"], block.rows, block.cols, v)
+        scatter_(block.param, block.rows, block.cols, value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step_count": self.step_count,
+            "state": {name: dict(s) for name, s in self.state.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+        self.state = {name: dict(s) for name, s in state["state"].items()}

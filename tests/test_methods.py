@@ -1,0 +1,484 @@
+"""The four sampling methods against exact references (micrograd-style: same inputs through
+the method and through STANDARD / dense math)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import methods
+from methods import alsh_approx, mc_approx
+from methods.base import Architecture, MethodModel, TrainSettings
+from methods.registry import METHODS
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def defaults(method: str, **overrides: Any) -> dict[str, Any]:
+    hyper = {p.name: p.default for p in METHODS[method].params}
+    hyper.update(overrides)
+    return hyper
+
+
+def build(method: str, arch: Architecture, **hyper: Any) -> MethodModel:
+    return methods.build(method, arch, defaults(method, **hyper), gen(0), gen(1))
+
+
+def train_steps(
+    model: MethodModel, settings: TrainSettings, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> list[float]:
+    optimizer = model.make_optimizer(settings)
+    model.train()
+    losses = []
+    for step in range(1, steps + 1):
+        loss = F.nll_loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.upkeep(step, step * len(y))
+        losses.append(float(loss.detach()))
+    return losses
+
+
+SMALL = Architecture(in_features=20, width=16, depth=3, classes=5)
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = gen(42)
+    return torch.randn(7, 20, generator=g), torch.randint(0, 5, (7,), generator=g)
+
+
+# --- methods that must reduce to STANDARD ---------------------------------------------------
+
+EQUIVALENT_TO_STANDARD = [
+    ("dropout", {"keep": 1.0, "mask": "batch"}),
+    ("dropout", {"keep": 1.0, "mask": "sample"}),
+    ("adaptive_dropout", {"beta": 100.0}),  # keep probability sigmoid(z + 100) = 1
+    ("alsh_approx", {"active_fraction": 1.0}),  # every unit active
+    ("mc_approx", {"k": 10_000}),  # k covers every pair: every product exact
+    ("mc_approx", {"k": 10_000, "mode": "forward"}),
+]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize(("method", "hyper"), EQUIVALENT_TO_STANDARD)
+def test_degenerate_setting_equals_standard(
+    method: str, hyper: dict[str, Any], optimizer: str, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = batch
+    settings = TrainSettings(lr=0.01, optimizer=optimizer, momentum=0.0, batch_size=len(y))
+    reference = build("standard", SMALL)
+    model = build(method, SMALL, **hyper)
+    # Same initial weights (same generator), same first forward pass and gradients...
+    for (_, p), (_, q) in zip(reference.named_parameters(), model.named_parameters(), strict=True):
+        assert torch.equal(p, q)
+    reference.train()
+    model.train()
+    out_ref, out = reference(x), model(x)
+    torch.testing.assert_close(out, out_ref, rtol=1e-6, atol=1e-6)
+    # ...and the same weights after several optimizer steps.
+    losses_ref = train_steps(reference, settings, x, y, steps=5)
+    losses = train_steps(model, settings, x, y, steps=5)
+    assert losses == pytest.approx(losses_ref, rel=1e-5)
+    for (_, p), (_, q) in zip(reference.named_parameters(), model.named_parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sparse_sgd_with_momentum_matches_torch_when_all_active(
+    momentum: float, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = batch
+    settings = TrainSettings(lr=0.01, optimizer="sgd", momentum=momentum, batch_size=7)
+    reference, model = build("standard", SMALL), build("dropout", SMALL, keep=1.0)
+    train_steps(reference, settings, x, y, steps=4)
+    train_steps(model, settings, x, y, steps=4)
+    for p, q in zip(reference.parameters(), model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("method", ["dropout", "adaptive_dropout", "alsh_approx", "mc_approx"])
+def test_evaluation_is_deterministic_and_exact(
+    method: str, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, _ = batch
+    model = build(method, SMALL)
+    model.eval()
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert torch.equal(first, second)
+    if method != "adaptive_dropout":  # standout evaluates the expectation pi * relu(z)
+        reference = build("standard", SMALL)
+        reference.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(first, reference(x))
+
+
+# --- DROPOUT ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask", ["batch", "sample"])
+def test_dropout_keep_rate_matches_the_parameter(mask: str) -> None:
+    arch = Architecture(in_features=10, width=1000, depth=2, classes=3)
+    model = build("dropout", arch, keep=0.05, mask=mask)
+    model.train()
+    x = torch.randn(4, 10, generator=gen(3))
+    for _ in range(200):
+        model(x)
+    stats = model.epoch_stats()
+    # 200 draws x 1000 units (x 4 examples per-sample): binomial std of the mean < 0.0016.
+    for layer in (1, 2):
+        assert stats[f"keep_rate.layer{layer}"] == pytest.approx(0.05, abs=0.005)
+    if mask == "batch":
+        assert stats["active_units.layer1"] == pytest.approx(50, abs=5)
+
+
+def test_dropout_scales_kept_units_by_inverse_keep() -> None:
+    arch = Architecture(in_features=6, width=400, depth=1, classes=2)
+    model = build("dropout", arch, keep=0.25)
+    assert isinstance(model, methods.dropout.BatchMaskDropout)
+    x = torch.randn(3, 6, generator=gen(5))
+    model.train()
+    with torch.no_grad():
+        ((h, active),) = model.sparse_hidden(x, record=False)
+        exact = model.dense_hidden(x)[0]
+    torch.testing.assert_close(h, exact[:, active] / 0.25)
+
+
+# --- ADAPTIVE-DROPOUT (standout) ----------------------------------------------------------------
+
+
+def test_standout_keeps_about_five_percent_at_initialisation() -> None:
+    """The default beta is chosen for a 5% mean keep rate at initialisation (paper §9.4) on
+    standardised MNIST-shaped inputs (784 features, width 1000, 3 layers)."""
+    arch = Architecture(in_features=784, width=1000, depth=3, classes=10)
+    model = build("adaptive_dropout", arch)
+    model.train()
+    x = torch.randn(64, 784, generator=gen(7))  # standardised pixels: mean 0, variance 1
+    with torch.no_grad():
+        for start in range(0, 64, 16):
+            model(x[start : start + 16])
+    stats = model.epoch_stats()
+    rates = [stats[f"keep_rate.layer{i}"] for i in (1, 2, 3)]
+    assert all(0.035 < r < 0.065 for r in rates), rates
+    assert sum(rates) / 3 == pytest.approx(0.05, abs=0.006)
+
+
+def test_standout_evaluates_the_expectation(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, _ = batch
+    model = build("adaptive_dropout", SMALL, alpha=0.5, beta=0.2)
+    assert isinstance(model, methods.adaptive_dropout.Standout)
+    model.eval()
+    h = x
+    with torch.no_grad():
+        for layer in model.layers[:-1]:
+            z = layer(h)
+            h = torch.sigmoid(0.5 * z + 0.2) * F.relu(z)
+        expected = F.log_softmax(model.layers[-1](h), dim=1)
+        torch.testing.assert_close(model(x), expected)
+
+
+# --- MC-APPROX ----------------------------------------------------------------------------------
+
+
+def test_keep_probabilities_follow_eq_8() -> None:
+    a = torch.tensor([1.0, 2.0, 0.0, 4.0])
+    b = torch.tensor([1.0, 1.0, 5.0, 2.0])
+    p = mc_approx.keep_probabilities(a, b, k=2)
+    # w = [1, 2, 0, 8], sum 11: min(1, 2 w / 11)
+    torch.testing.assert_close(p, torch.tensor([2 / 11, 4 / 11, 0.0, 1.0]))
+    mixed = mc_approx.keep_probabilities(a, b, k=2, uniform_mix=0.1)
+    share = 0.9 * torch.tensor([1, 2, 0, 8]) / 11 + 0.1 / 4
+    torch.testing.assert_close(mixed, (2 * share).clamp(max=1.0))
+
+
+def test_keeping_every_pair_is_the_exact_product() -> None:
+    a, b = torch.randn(6, 9, generator=gen(1)), torch.randn(9, 4, generator=gen(2))
+    estimate, kept = mc_approx.sampled_matmul(a, b, mc_approx.Sampling(k=9), gen(3))
+    assert kept == 9 and torch.equal(estimate, a @ b)
+    ratio = mc_approx.Sampling(k=1, sample_ratio=1.0, min_k=1)
+    estimate, kept = mc_approx.sampled_matmul(a, b, ratio, gen(3))
+    assert kept == 9 and torch.equal(estimate, a @ b)
+
+
+def test_sampled_product_is_unbiased_within_its_variance() -> None:
+    """The mean of N seeded estimates converges to A B: every entry within 5 standard errors,
+    the standard error derived from the estimator's exact variance
+    Var[est_ij] = sum_t (1 - p_t) / p_t (A_it B_tj)^2."""
+    a = torch.randn(5, 40, generator=gen(10), dtype=torch.float64)
+    b = torch.randn(40, 3, generator=gen(11), dtype=torch.float64)
+    sampling = mc_approx.Sampling(k=8)
+    p = mc_approx.keep_probabilities(a.norm(dim=0), b.norm(dim=1), 8)
+    terms = a.unsqueeze(2) * b.unsqueeze(0)  # (5, 40, 3): A_it B_tj
+    variance = (((1 - p) / p).view(1, -1, 1) * terms.pow(2)).sum(dim=1)  # (5, 3)
+    n = 4000
+    g = gen(12)
+    total = torch.zeros(5, 3, dtype=torch.float64)
+    for _ in range(n):
+        estimate, _ = mc_approx.sampled_matmul(a, b, sampling, g)
+        total += estimate
+    z = (total / n - a @ b) / (variance / n).sqrt()
+    assert float(z.abs().max()) < 5.0
+    # Not trivially exact: a single estimate is far from the product.
+    single, kept = mc_approx.sampled_matmul(a, b, sampling, g)
+    assert kept < 40 and float((single - a @ b).abs().max()) > 0.1
+
+
+def test_backward_sampling_is_unbiased_and_forward_exact() -> None:
+    layer = mc_approx.MCLinear(30, 50, "backward", mc_approx.Sampling(k=5), gen(4)).double()
+    x = torch.randn(8, 30, dtype=torch.float64, generator=gen(5), requires_grad=True)
+    upstream = torch.randn(8, 50, dtype=torch.float64, generator=gen(6))
+    layer.train()
+    exact = F.linear(x, layer.weight, layer.bias)
+    torch.testing.assert_close(layer(x), exact)
+    exact_gx, exact_gw = torch.autograd.grad((exact * upstream).sum(), (x, layer.weight))
+    n = 3000
+    gx_sum, gw_sum = torch.zeros_like(x), torch.zeros_like(layer.weight)
+    for _ in range(n):
+        gx, gw = torch.autograd.grad((layer(x) * upstream).sum(), (x, layer.weight))
+        gx_sum += gx
+        gw_sum += gw
+    # Loose but meaningful: relative error of the means, far below one estimate's error.
+    one_gx, one_gw = torch.autograd.grad((layer(x) * upstream).sum(), (x, layer.weight))
+    for one, total, exact_grad in ((one_gx, gx_sum, exact_gx), (one_gw, gw_sum, exact_gw)):
+        err_one = float((one - exact_grad).norm() / exact_grad.norm())
+        err_mean = float((total / n - exact_grad).norm() / exact_grad.norm())
+        # A mean of n unbiased estimates shrinks the error like 1/sqrt(n) (here ~1/55).
+        assert err_mean < err_one / 20, (err_mean, err_one)
+        assert err_one > 0.05  # and single estimates really are sampled
+    stats = layer.take_stats()
+    assert stats["grad_input"] < 10 and stats["grad_weight"] < 8
+
+
+def test_custom_autograd_functions_pass_gradcheck() -> None:
+    exact = mc_approx.Sampling(k=10_000)
+    linear = mc_approx.MCLinear(4, 3, "backward", exact, gen(0)).double()
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True, generator=gen(1))
+
+    def linear_fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = mc_approx._BackwardSampledLinear.apply(x, w, b, linear)
+        return out
+
+    w = linear.weight.detach().clone().requires_grad_(True)
+    b = linear.bias.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(linear_fn, (x, w, b))
+
+    conv = mc_approx.MCConv2d(
+        torch.nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False), "backward", exact, gen(0)
+    ).double()
+    images = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True, generator=gen(2))
+    kernel = conv.weight.detach().clone().requires_grad_(True)
+
+    def conv_fn(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = mc_approx._BackwardSampledConv2d.apply(images, kernel, conv)
+        return out
+
+    assert torch.autograd.gradcheck(conv_fn, (images, kernel))
+
+
+def test_batch_one_gives_nonzero_gradients() -> None:
+    """The reference implementation's log-softmax over the batch gave zero gradients here."""
+    arch = Architecture(in_features=20, width=32, depth=2, classes=5)
+    model = build("mc_approx", arch)
+    model.train()
+    x, y = torch.randn(1, 20, generator=gen(8)), torch.tensor([2])
+    F.nll_loss(model(x), y).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and float(param.grad.abs().sum()) > 0, name
+
+
+# --- ALSH-APPROX ---------------------------------------------------------------------------------
+
+
+def test_asymmetric_transforms_match_the_formulas() -> None:
+    weight = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    bias = torch.tensor([4.0, 0.0])
+    # [w; b] = [3, 0, 4] (norm 5) and [0, 1, 0] (norm 1); scaled by U / 5 = 0.8 / 5.
+    p = alsh_approx.transform_p(weight, bias, m=3, U=0.8)
+    s = 0.8 / 5
+    first = torch.tensor([3 * s, 0, 4 * s, 0.8**2, 0.8**4, 0.8**8])
+    second = torch.tensor([0, s, 0, s**2, s**4, s**8])
+    torch.testing.assert_close(p, torch.stack([first, second]))
+    q = alsh_approx.transform_q(torch.tensor([[3.0, 0.0]]), m=2)
+    norm = math.sqrt(3.0**2 + 1.0)  # |[a; 1]|
+    torch.testing.assert_close(q, torch.tensor([[3 / norm, 0.0, 1 / norm, 0.5, 0.5]]))
+
+
+def test_query_signature_equals_hashing_the_full_transformed_vector() -> None:
+    """The sparse query (only the previous layer's active inputs) hashes exactly like
+    Q([a; 1]) of the full, mostly zero, input vector."""
+    tables = alsh_approx.LayerTables(12, 30, K=6, L=5, m=3, U=0.83, generator=gen(2))
+    prev = torch.tensor([1, 4, 5, 9])
+    h = torch.randn(3, 4, generator=gen(3))
+    full = torch.zeros(3, 12).index_copy_(1, prev, h)
+    expected = tables.signatures(alsh_approx.transform_q(full, m=3) @ tables.planes > 0)
+    assert np.array_equal(tables.query(h, prev), expected)
+
+
+def test_active_sets_are_enriched_in_the_largest_inner_products() -> None:
+    """Against a random set of the same size, ALSH's active set holds more of each query's
+    true top-5% units by pre-activation (the MIPS it approximates). With K = 6, L = 5 and
+    freshly initialised weights the enrichment is modest (measured: 1.8x over 200 queries;
+    the constant tail of Q(a) dominates the angle), which is the method's own limitation."""
+    width, fan_in = 1000, 64
+    arch = Architecture(in_features=fan_in, width=width, depth=1, classes=2)
+    model = build("alsh_approx", arch)
+    assert isinstance(model, alsh_approx.ALSHApprox)
+    model.rebuild_tables()
+    layer = model.layers[0]
+    # Inputs resembling the weights' directions (as in trained networks) and random ones.
+    queries = torch.randn(200, fan_in, generator=gen(4))
+    rng = np.random.default_rng(0)
+    hits_alsh = hits_random = 0
+    top = max(1, int(0.05 * width))
+    for q in queries:
+        z = layer(q.unsqueeze(0)).squeeze(0)
+        true_top = set(torch.topk(z, top).indices.tolist())
+        active, _ = model.active_for_layer(0, q.unsqueeze(0), None, record=False)
+        chosen = set(active.tolist())
+        hits_alsh += len(true_top & chosen) / len(chosen)
+        random_set = set(rng.choice(width, size=len(chosen), replace=False).tolist())
+        hits_random += len(true_top & random_set) / len(chosen)
+    assert hits_alsh > 1.5 * hits_random
+
+
+def test_active_set_size_fill_and_subsampling() -> None:
+    arch = Architecture(in_features=16, width=400, depth=1, classes=2)
+    model = build("alsh_approx", arch, active_fraction=0.05)
+    assert isinstance(model, alsh_approx.ALSHApprox)
+    model.rebuild_tables()
+    x = torch.randn(50, 16, generator=gen(9))
+    sizes = [
+        model.active_for_layer(0, x[i : i + 1], None, record=True)[0].numel() for i in range(50)
+    ]
+    # At least 5% (20 units), at most what L = 5 tables of subsampled buckets can add.
+    assert min(sizes) >= 20 and max(sizes) <= 5 * 20
+    union = model.active_for_layer(0, x[:10], None, record=False)[0]
+    singles = set()
+    saved = model.random_state()
+    for i in range(10):
+        singles |= set(model.active_for_layer(0, x[i : i + 1], None, record=False)[0].tolist())
+    model.set_random_state(saved)
+    assert union.numel() >= max(sizes[:10])  # a mini-batch uses the union of its examples
+
+
+def test_rebuild_schedule_follows_the_paper() -> None:
+    arch = Architecture(in_features=8, width=40, depth=2, classes=2)
+    for batch_size in (1, 20):
+        model = build("alsh_approx", arch)
+        assert isinstance(model, alsh_approx.ALSHApprox)
+        seen = 0
+        rebuilt_at = []
+        for step in range(1, 30_000 // batch_size + 1):
+            seen += batch_size
+            before = model.rebuilds
+            model.upkeep(step, seen)
+            if model.rebuilds > before:
+                rebuilt_at.append(seen)
+        early = [s for s in rebuilt_at if s <= 10_000]
+        late = [s for s in rebuilt_at if s > 10_000]
+        assert early == list(range(100, 10_001, 100))  # every 100 examples up to 10000
+        assert late == list(range(11_000, 30_001, 1000))  # then every 1000
+        before = model.rebuilds
+        model.end_epoch()
+        assert model.rebuilds == before + 1  # and at every epoch end
+
+
+# --- the sparse paths really skip work ----------------------------------------------------------
+
+
+class TouchLog(TorchDispatchMode):
+    """Records every aten op that receives one of the watched (full-size) tensors."""
+
+    def __init__(self, watched: list[torch.Tensor]):
+        super().__init__()
+        self.watched = {t.data_ptr() for t in watched}
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        flat: list[Any] = []
+        for arg in [*args, *kwargs.values()]:
+            flat.extend(arg if isinstance(arg, list | tuple) else [arg])
+        if any(isinstance(a, torch.Tensor) and a.data_ptr() in self.watched for a in flat):
+            self.ops.append(func.__name__)
+        return func(*args, **kwargs)
+
+
+SPARSE_ACCESS = {
+    "index_select.default",
+    "index.Tensor",
+    "index_put_.default",
+    "index_copy_.default",
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "optimizer"), [("dropout", "sgd"), ("dropout", "adam"), ("alsh_approx", "adam")]
+)
+def test_sparse_methods_only_gather_and_scatter_whole_weights(method: str, optimizer: str) -> None:
+    arch = Architecture(in_features=784, width=1000, depth=3, classes=10)
+    model = build(method, arch)
+    settings = TrainSettings(lr=1e-3, optimizer=optimizer, momentum=0.0, batch_size=1)
+    opt = model.make_optimizer(settings)
+    model.train()
+    x, y = torch.randn(3, 784, generator=gen(1)), torch.tensor([1, 2, 3])
+    hidden = [layer.weight for layer in model.layers[:-1]]  # type: ignore[union-attr]
+    hidden_names = {f"layers.{i}.weight" for i in range(arch.depth)}
+    state = [
+        t
+        for name, s in opt.state_dict()["state"].items()
+        if name in hidden_names
+        for t in s.values()
+    ]
+    if isinstance(model, alsh_approx.ALSHApprox):
+        model.rebuild_tables()  # upkeep (on its schedule, timed apart) reads whole matrices
+    before = [w.clone() for w in hidden]
+    for i in range(3):
+        with TouchLog(hidden + state) as log:
+            loss = F.nll_loss(model(x[i : i + 1]), y[i : i + 1])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        # No dense op (matmul, add, mul, zeros, copy...) ever reads or writes a whole
+        # hidden weight matrix or its optimizer state: only gathers and scatters of blocks.
+        assert log.ops and set(log.ops) <= SPARSE_ACCESS, set(log.ops) - SPARSE_ACCESS
+    # Gradients and updates are confined to active blocks: few weights moved.
+    total = sum(w.numel() for w in hidden)
+    changed = sum(int((w != b).sum()) for w, b in zip(hidden, before, strict=True))
+    assert 0 < changed < 0.2 * total
+    assert all(w.grad is None for w in hidden)  # no dense gradient was ever formed
+    assert opt.updated_elements < 0.1 * sum(p.numel() for p in model.parameters())
+
+
+def test_drawing_no_pair_gives_a_zero_estimate_not_an_error() -> None:
+    """With k = 1, often no pair is drawn: the estimate is then exactly zero."""
+    sampling = mc_approx.Sampling(k=1)
+    g = gen(0)
+    a, b = torch.randn(3, 30, generator=gen(1)), torch.randn(30, 2, generator=gen(2))
+    counts = [mc_approx.sampled_matmul(a, b, sampling, g)[1] for _ in range(50)]
+    assert 0 in counts
+    conv = mc_approx.MCConv2d(
+        torch.nn.Conv2d(4, 6, 3, padding=1, bias=False), "backward", sampling, gen(3)
+    )
+    conv.train()
+    images = torch.randn(2, 4, 5, 5, generator=gen(4), requires_grad=True)
+    for _ in range(30):
+        conv(images).sum().backward()
+    forward_conv = mc_approx.MCConv2d(
+        torch.nn.Conv2d(4, 6, 3, padding=1, bias=False), "forward", sampling, gen(5)
+    )
+    forward_conv.train()
+    shapes = {tuple(forward_conv(images).shape) for _ in range(30)}
+    assert shapes == {(2, 6, 5, 5)}
+    stats = forward_conv.take_stats()
+    assert stats["forward"] < 1.5
