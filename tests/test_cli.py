@@ -38,7 +38,7 @@ def test_bad_job_file_lists_every_problem_without_traceback(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
     assert "bad.toml: 2 problems" in result.stderr
     assert "'sgd-fast' is not one of the valid choices: 'standard'" in result.stderr
-    assert "'cifar100' is not one of the valid choices: 'digits', 'mnist'" in result.stderr
+    assert "'cifar100' is not one of the valid choices: 'digits', 'mnist', " in result.stderr
     assert not (tmp_path / "results").exists()  # nothing was created
 
 
