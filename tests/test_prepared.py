@@ -243,3 +243,22 @@ def test_image_tensors_for_cnns_share_memory_with_flat_ones(tmp_path: Path) -> N
 def test_bundled_digits_write_nothing_to_the_data_root(tmp_path: Path) -> None:
     load_splits("digits", tmp_path / "root", split_seed=0, download=False)
     assert not (tmp_path / "root").exists()
+
+
+def test_unwritable_data_root_prepares_in_memory(
+    mnist_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only shared data root (simulated: the tests run as root, who may write
+    anywhere) still serves its datasets; nothing is stored."""
+    import errno
+
+    from runner.datasets import prepared
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(prepared, "file_lock", read_only)
+    splits = load_splits("mnist", mnist_root, split_seed=0, download=False)
+    assert len(splits.y_train) == 220
+    assert "preparing mnist in memory" in caplog.text
+    assert not (mnist_root / "prepared" / "mnist-v1-split0").exists()

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from runner.datasets.files import digest, file_lock
+from runner.datasets.files import digest, fetch_lock
 from runner.datasets.locations import OFFLINE_ENV
 from runner.datasets.official import OfficialSplits
 from runner.errors import DatasetError
@@ -84,7 +84,7 @@ def _corrupt(root: Path, problem: str) -> DatasetError:
 
 def ensure_available(name: str, root: Path, download: bool, verify_checksums: bool = True) -> None:
     if _missing(root):
-        with file_lock(root / f".{name}.lock", "waiting for another process fetching cifar10"):
+        with fetch_lock(root, name):
             if _missing(root):  # another process may have fetched it meanwhile
                 _download(root, download)
     if verify_checksums:

@@ -52,6 +52,22 @@ def file_lock(path: Path, waiting_message: str = "") -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def fetch_lock(root: Path, name: str) -> Iterator[None]:
+    """Serialise fetching one dataset's official files into `root` between processes."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(
+                file_lock(root / f".{name}.lock", f"waiting for another process fetching {name}")
+            )
+        except OSError as exc:
+            raise DatasetError(
+                f"dataset {name!r}: files are missing and cannot be fetched into the data "
+                f"root {root} ({exc}). Use a writable --data-root, or put the files there."
+            ) from None
+        yield
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from runner.datasets.files import decompress_atomically, digest, file_lock
+from runner.datasets.files import decompress_atomically, digest, fetch_lock
 from runner.datasets.locations import OFFLINE_ENV
 from runner.datasets.official import OfficialSplits
 from runner.datasets.registry import DATASETS
@@ -48,12 +48,12 @@ class IdxSource:
     published_gz_md5: bool = True
 
 
-def _mnist_files(prefix: str = "") -> tuple[str, str, str, str]:
+def _mnist_files() -> tuple[str, str, str, str]:
     return (
-        f"{prefix}train-images-idx3-ubyte",
-        f"{prefix}train-labels-idx1-ubyte",
-        f"{prefix}t10k-images-idx3-ubyte",
-        f"{prefix}t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
     )
 
 
@@ -165,7 +165,7 @@ def _decompress_published_gz(source: IdxSource, root: Path, verify_checksums: bo
 def ensure_available(name: str, root: Path, download: bool, verify_checksums: bool = True) -> None:
     source = SOURCES[name]
     if _missing(source, root):
-        with file_lock(root / f".{name}.lock", f"waiting for another process fetching {name}"):
+        with fetch_lock(root, name):
             # Another process may have fetched the files while this one waited.
             _decompress_published_gz(source, root, verify_checksums)
             if _missing(source, root):

@@ -19,6 +19,7 @@ from runner.datasets.official import OfficialSplits
 from runner.datasets.prepared import (
     PreparedSplits,
     carve_validation,
+    checksums_waived,
     info_for,
     prepare,
     reader,
@@ -70,6 +71,7 @@ def ensure_available(name: str, root: Path, download: bool, verify_checksums: bo
     """Make sure the dataset's official files are present and whole (downloading where
     allowed), or raise a DatasetError that names them and where they go."""
     info = info_for(name)
+    verify_checksums = verify_checksums and not checksums_waived(info, root)
     reader(info).ensure_available(name, root, download, verify_checksums)
 
 

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from runner.datasets.files import file_lock, open_maybe_gzip
+from runner.datasets.files import fetch_lock, open_maybe_gzip
 from runner.datasets.locations import OFFLINE_ENV
 from runner.datasets.official import OfficialSplits
 from runner.errors import DatasetError
@@ -96,7 +96,7 @@ def _corrupt(path: Path, problem: str) -> DatasetError:
 
 def ensure_available(name: str, root: Path, download: bool, verify_checksums: bool = True) -> None:
     if _missing(root):
-        with file_lock(root / f".{name}.lock", "waiting for another process fetching norb"):
+        with fetch_lock(root, name):
             if _missing(root):  # another process may have fetched them meanwhile
                 _download(root, download)
     # No checksums are published for small NORB: check that every file is whole instead.

@@ -304,6 +304,40 @@ def _remove_leftovers(target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def checksums_waived(info: DatasetInfo, root: Path) -> bool:
+    """Whether the user explicitly skipped published checksums (`data prepare
+    --skip-checksums`) for exactly the official files now on disk.
+
+    That choice is recorded in the prepared copy's meta.json, with each file's size and
+    modification time, and holds for those files only: for the submit preflight and for
+    other split seeds alike. Files replaced since are checked again.
+    """
+    current = {}
+    for path in reader(info).expected_files(info.name, root):
+        try:
+            stat = path.stat()
+        except OSError:
+            return False
+        current[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+    for folder in sorted((root / FOLDER).glob(f"{info.name}-v{info.version}-split*")):
+        try:
+            meta = read_meta(folder)
+        except DamagedCopy:
+            continue
+        if meta.get("published_checksums_checked", True) or meta.get("version") != info.version:
+            continue
+        recorded = {s["file"]: (s["bytes"], s["mtime_ns"]) for s in meta.get("sources", [])}
+        if current and recorded == current:
+            log.info(
+                "%s: published checksums were skipped for these files when %s was "
+                "prepared (--skip-checksums); not checking them",
+                info.name,
+                folder,
+            )
+            return True
+    return False
+
+
 def _in_memory(
     info: DatasetInfo, root: Path, split_seed: int, download: bool, verify_checksums: bool
 ) -> PreparedSplits:
@@ -350,6 +384,7 @@ def prepare(
                 damage = str(exc)
                 log.warning("prepared copy %s is damaged (%s): preparing it again", target, exc)
         _remove_leftovers(target)
+        verify_checksums = verify_checksums and not checksums_waived(info, root)
         try:
             splits, sources = _from_official(info, root, split_seed, download, verify_checksums)
         except DatasetError as exc:
