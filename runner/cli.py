@@ -1,4 +1,4 @@
-"""`python -m runner`: submit, plan, status and report. The only module that prints.
+"""`python -m runner`: submit, plan, status, report and data. The only module that prints.
 
 Exit codes: 0 all good; 1 some cells failed; 2 a problem for the user to fix (bad job file,
 missing data, unusable results folder, Ray unreachable); 130 interrupted (resumable).
@@ -266,6 +266,91 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- data ------------------------------------------------------------------------------------
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from runner.datasets.files import human_size
+    from runner.datasets.inventory import inventory
+    from runner.datasets.locations import resolve_data_root
+
+    root = resolve_data_root(args.data_root)
+    entries = inventory(root)
+    console.print(f"[bold]Official files in {root}[/]")
+    for entry in entries:
+        present = [f for f in entry.files if f.bytes is not None]
+        if not entry.files:
+            state = "bundled with scikit-learn, nothing to fetch"
+        else:
+            state = f"{len(present)} of {len(entry.files)} official files"
+        console.print(f"{entry.info.name} ({entry.info.summary}): {state}")
+        for f in entry.files:  # lines, not a table: paths and sha256 must never be folded
+            shown = f.path.relative_to(root)
+            if f.bytes is None:
+                console.print(f"  [red]missing[/] {shown}")
+            else:
+                console.print(f"  {shown}  {human_size(f.bytes)}  sha256 {f.sha256}")
+
+    prepared = Table(title=f"prepared splits in {root / 'prepared'}")
+    for column in ("dataset", "version", "split seed", "train / val / test", "size", "mean / std"):
+        prepared.add_column(column)
+    prepared.add_column("state", overflow="fold")
+    for entry in entries:
+        for p in entry.prepared:
+            sizes = p.sizes or {}
+            prepared.add_row(
+                entry.info.name,
+                str(p.version),
+                str(p.split_seed),
+                " / ".join(str(sizes.get(s, "?")) for s in ("train", "val", "test")),
+                human_size(p.bytes),
+                "-" if p.norm_mean is None else f"{p.norm_mean:.4f} / {p.norm_std:.4f}",
+                "[green]ok[/]" if p.problem is None else f"[yellow]{p.problem}[/]",
+            )
+    if prepared.row_count:
+        console.print(prepared)
+    else:
+        console.print("No prepared splits yet.")
+    console.print("Prepare with: python -m runner data prepare NAME... [--data-root DIR]")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from runner.datasets.files import human_size
+    from runner.datasets.locations import downloads_allowed, resolve_data_root
+    from runner.datasets.prepared import info_for, prepare
+    from runner.errors import DatasetError
+
+    for name in args.names:  # every name checked before anything is fetched
+        info_for(name)
+    root = resolve_data_root(args.data_root)
+    failures = []
+    for name in args.names:
+        try:
+            splits = prepare(
+                name,
+                root,
+                args.split_seed,
+                download=downloads_allowed(),
+                verify_checksums=not args.skip_checksums,
+            )
+        except DatasetError as exc:
+            failures.append(str(exc))
+            err_console.print(f"[red]{name}: not prepared[/]")
+            continue
+        sizes = splits.sizes()
+        where = "in memory only (not stored)" if splits.path is None else str(splits.path)
+        stored = sum(a.nbytes for a in splits.arrays.values())
+        console.print(
+            f"[green]{name}[/]: {sizes['train']} / {sizes['val']} / {sizes['test']} "
+            f"(train / val / test, split seed {args.split_seed}), {human_size(stored)}, "
+            f"mean {splits.norm_mean:.4f} std {splits.norm_std:.4f} -> {where}"
+        )
+    if failures:
+        raise DatasetError("\n".join(failures))
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -311,6 +396,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir")
     p.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("data", help="list and prepare datasets in the data root")
+    data = p.add_subparsers(dest="data_command", required=True)
+    data_root_help = "dataset folder (default: $CPUSWEEP_DATA_ROOT, else ~/.cache/cpusweep/data)"
+    p = data.add_parser("list", help="official files (sizes, sha256) and prepared splits")
+    p.add_argument("--data-root", help=data_root_help)
+    p.set_defaults(func=cmd_data_list)
+    p = data.add_parser("prepare", help="fetch (where allowed) and convert datasets")
+    p.add_argument("names", nargs="+", metavar="NAME", help="dataset name(s)")
+    p.add_argument("--data-root", help=data_root_help)
+    p.add_argument("--split-seed", type=int, default=0, help="validation split seed (default 0)")
+    p.add_argument(
+        "--skip-checksums",
+        action="store_true",
+        help="do not compare with published checksums (files you made or re-encoded "
+        "yourself); sizes and structure are still checked",
+    )
+    p.set_defaults(func=cmd_data_prepare)
     return parser
 
 

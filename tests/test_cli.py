@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_bad_job_file_lists_every_problem_without_traceback(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
     assert "bad.toml: 2 problems" in result.stderr
     assert "'sgd-fast' is not one of the valid choices: 'standard'" in result.stderr
-    assert "'cifar100' is not one of the valid choices: 'digits', 'mnist'" in result.stderr
+    assert "'cifar100' is not one of the valid choices: 'digits', 'mnist', " in result.stderr
     assert not (tmp_path / "results").exists()  # nothing was created
 
 
@@ -88,3 +89,108 @@ def test_plan_shows_cells_and_states_without_running(
 def test_status_of_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", str(tmp_path / "nope")]) == 2
     assert "not a results folder" in capsys.readouterr().err
+
+
+def test_data_prepare_then_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.datasets.files import digest
+    from tests.conftest import MNIST_FILES, fabricate_mnist_like, fabricate_norb
+
+    root = tmp_path / "data"
+    fabricate_mnist_like(root, "MNIST", MNIST_FILES)
+    fabricate_norb(root, n_train=40, n_test=10, gz=True)
+    assert main(["data", "prepare", "mnist", "norb", "--data-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "mnist: 220 / 20 / 60 (train / val / test, split seed 0)" in out
+    assert "norb: 37 / 3 / 10" in out
+    assert str(root / "prepared" / "norb-v1-split0") in out
+
+    assert main(["data", "list", "--data-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    images = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    assert f"MNIST/raw/train-images-idx3-ubyte  188.2 KB  sha256 {digest(images)}" in out
+    assert "mnist (MNIST handwritten digits): 4 of 4 official files" in out
+    assert "cifar10 (CIFAR-10 colour images): 0 of 7 official files" in out
+    assert "missing cifar-10-batches-py/data_batch_1" in out
+    assert "digits (" in out and "bundled with scikit-learn" in out
+    rows = [line for line in out.splitlines() if "220 / 20 / 60" in line or "37 / 3 / 10" in line]
+    assert len(rows) == 2 and all(" ok " in row for row in rows), rows
+
+    # A damaged prepared copy is listed as such (and would be prepared again before use).
+    (root / "prepared" / "norb-v1-split0" / "test_labels.npy").write_bytes(b"")
+    assert main(["data", "list", "--data-root", str(root)]) == 0
+    assert "damaged: test_labels.npy has 0 bytes" in capsys.readouterr().out
+
+
+def test_data_prepare_of_missing_files_says_where_they_go(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "data", "prepare", "norb", "--data-root", str(root)],
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "CPUSWEEP_OFFLINE": "1"},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "downloads are off: CPUSWEEP_OFFLINE is set" in result.stderr
+    name = "smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat"
+    assert name in result.stderr and "(or " in result.stderr
+    assert not list((root / "prepared").glob("norb-*"))  # nothing half-written
+
+
+def test_data_prepare_checks_published_checksums_unless_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import fabricate_cifar10
+
+    root = tmp_path / "data"
+    fabricate_cifar10(root, per_batch=10, n_test=10)
+    assert main(["data", "prepare", "cifar10", "--data-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "data_batch_1 does not match its published md5" in err
+    assert not (root / "prepared" / "cifar10-v1-split0").exists()
+
+    args = ["data", "prepare", "cifar10", "--data-root", str(root), "--skip-checksums"]
+    assert main([*args, "--split-seed", "3"]) == 0
+    assert "cifar10: 45 / 5 / 10 (train / val / test, split seed 3)" in capsys.readouterr().out
+    meta = (root / "prepared" / "cifar10-v1-split3" / "meta.json").read_text()
+    assert '"published_checksums_checked": false' in meta
+
+    # The explicit choice holds for exactly these files: the submit preflight accepts them.
+    def submit(split_seed: int) -> int:
+        job = write_job(
+            tmp_path / f"cifar{split_seed}.toml",
+            f"""
+            name = "c{split_seed}"
+            [params]
+            method = "standard"
+            dataset = "cifar10"
+            width = 8
+            depth = 1
+            epochs = 1
+            batch_size = 10
+            split_seed = {split_seed}
+        """,
+        )
+        results = str(tmp_path / f"r{split_seed}")
+        args = ["submit", str(job), "--results", results, "--data-root", str(root)]
+        return main([*args, "--executor", "serial"])
+
+    assert submit(3) == 0
+    assert len(list((tmp_path / "r3" / "cells").glob("*.parquet"))) == 1
+    # A file replaced since is checked again.
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    os.utime(batch, ns=(batch.stat().st_atime_ns, batch.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert submit(4) == 2
+    assert "data_batch_1 does not match its published md5" in capsys.readouterr().err
+
+
+def test_data_prepare_rejects_unknown_names_before_fetching(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["data", "prepare", "mnist", "imagenet", "--data-root", str(tmp_path / "d")])
+    assert code == 2
+    assert "unknown dataset 'imagenet'; valid: digits, mnist," in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -19,7 +19,11 @@ _TEST_SIZE = 360
 _TEST_SEED = 1797  # fixed: the "official" test set must not move with the job's seeds
 
 
-def ensure_available(name: str, root: Path, download: bool) -> None:
+def expected_files(name: str, root: Path) -> list[Path]:
+    return []  # bundled with scikit-learn: nothing in the data root
+
+
+def ensure_available(name: str, root: Path, download: bool, verify_checksums: bool = True) -> None:
     try:
         import sklearn.datasets  # noqa: F401
     except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency
@@ -29,7 +33,7 @@ def ensure_available(name: str, root: Path, download: bool) -> None:
         ) from None
 
 
-def read_official(name: str, root: Path) -> OfficialSplits:
+def read_official(name: str, root: Path, verify_checksums: bool = True) -> OfficialSplits:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

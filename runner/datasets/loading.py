@@ -1,28 +1,39 @@
-"""Turning a dataset's official files into the train / validation / test tensors a cell uses.
+"""Turning a dataset into the normalised train / validation / test tensors a cell uses.
 
-Loaded once per worker process and kept in memory as compact, ready-to-slice tensors (a Ray
-worker is reused across cells, so the second cell on a dataset pays nothing). Images are
-never read one by one through a DataLoader: at batch 1 that costs more than the training.
+The splits come from the prepared-array cache (runner/datasets/prepared.py: decoded once per
+data root, dataset version and split seed), are normalised with the training split's
+statistics, and are kept in this process's memory: a Ray worker is reused across cells, so
+the second cell on a dataset pays nothing. Images are never read one by one through a
+DataLoader: at batch 1 that costs more than the training.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from runner.datasets.official import OfficialSplits
-from runner.datasets.registry import DATASETS, DatasetInfo
-from runner.errors import DatasetError
+from runner.datasets.prepared import (
+    PreparedSplits,
+    carve_validation,
+    checksums_waived,
+    info_for,
+    prepare,
+    reader,
+    split_official,
+)
+from runner.datasets.registry import DatasetInfo
+
+__all__ = ["Splits", "carve_validation", "ensure_available", "load_splits", "prepare_splits"]
 
 
 @dataclass(frozen=True)
 class Splits:
-    """Normalised float32 inputs (flattened to (N, features) for MLPs) and int64 labels."""
+    """Normalised float32 inputs and int64 labels: images (N, C, H, W) for convolutional
+    networks, or flattened to (N, C*H*W) for MLPs (a view of the same memory)."""
 
     info: DatasetInfo
     x_train: torch.Tensor
@@ -47,76 +58,75 @@ class Splits:
             "split_fingerprint": self.split_fingerprint,
         }
 
+    def flattened(self) -> Splits:
+        def flat(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(len(x), -1)
 
-def _module(info: DatasetInfo) -> Any:
-    return importlib.import_module(info.module)
-
-
-def ensure_available(name: str, root: Path, download: bool) -> None:
-    """Make sure the dataset's files are present (downloading where allowed), or raise."""
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
-    _module(DATASETS[name]).ensure_available(name, root, download)
+        return replace(
+            self, x_train=flat(self.x_train), x_val=flat(self.x_val), x_test=flat(self.x_test)
+        )
 
 
-def carve_validation(
-    n: int, info: DatasetInfo, split_seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded random split of the official training set into (train, val) indices.
+def ensure_available(name: str, root: Path, download: bool, verify_checksums: bool = True) -> None:
+    """Make sure the dataset's official files are present and whole (downloading where
+    allowed), or raise a DatasetError that names them and where they go."""
+    info = info_for(name)
+    verify_checksums = verify_checksums and not checksums_waived(info, root)
+    reader(info).ensure_available(name, root, download, verify_checksums)
 
-    The validation share is the paper's (e.g. 5000 of 60000 for MNIST), so a smaller
-    fabricated or truncated file is split in the same proportion.
-    """
-    n_val = round(n * info.val / (info.train + info.val))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    return order[n_val:].sort().values, order[:n_val].sort().values
+
+def _normalised(prepared: PreparedSplits) -> Splits:
+    mean, std = prepared.norm_mean, prepared.norm_std
+    arrays = prepared.arrays
+
+    def normalise(key: str) -> torch.Tensor:
+        images = torch.from_numpy(arrays[key])  # uint8 (N, C, H, W), possibly memory-mapped
+        return images.to(torch.float32).div_(255.0).sub_(mean).div_(std).contiguous()
+
+    def labels(key: str) -> torch.Tensor:
+        return torch.from_numpy(arrays[key]).clone()  # into memory, off the mapping
+
+    return Splits(
+        info=prepared.info,
+        x_train=normalise("train_images"),
+        y_train=labels("train_labels"),
+        x_val=normalise("val_images"),
+        y_val=labels("val_labels"),
+        x_test=normalise("test_images"),
+        y_test=labels("test_labels"),
+        mean=mean,
+        std=std,
+        split_fingerprint=prepared.split_fingerprint,
+    )
 
 
 def prepare_splits(
     official: OfficialSplits, info: DatasetInfo, split_seed: int, flatten: bool = True
 ) -> Splits:
-    train_idx, val_idx = carve_validation(len(official.train_labels), info, split_seed)
-    raw_train = official.train_images[train_idx]
-    # Statistics in float64 over the training split only: no peeking at val or test.
-    scaled = raw_train.to(torch.float64) / 255.0
-    mean = float(scaled.mean())
-    std = float(scaled.std()) or 1.0
-
-    def normalise(images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
-        return x.reshape(len(x), -1).contiguous() if flatten else x.contiguous()
-
-    fingerprint = hashlib.sha256(val_idx.numpy().tobytes()).hexdigest()[:12]
-    return Splits(
-        info=info,
-        x_train=normalise(raw_train),
-        y_train=official.train_labels[train_idx].contiguous(),
-        x_val=normalise(official.train_images[val_idx]),
-        y_val=official.train_labels[val_idx].contiguous(),
-        x_test=normalise(official.test_images),
-        y_test=official.test_labels.contiguous(),
-        mean=mean,
-        std=std,
-        split_fingerprint=fingerprint,
-    )
+    """Split and normalise official sets in memory, bypassing the on-disk cache."""
+    splits = _normalised(split_official(official, info, split_seed))
+    return splits.flattened() if flatten else splits
 
 
 # One dataset at a time per worker process: enough for a sweep that moves through datasets,
-# and bounded in memory (a NORB split in float32 is close to a gigabyte).
-_CACHE: dict[tuple[str, str, int, bool], Splits] = {}
+# and bounded in memory (a NORB split in float32 is close to a gigabyte). Flattened and
+# image-shaped inputs share this one copy.
+_CACHE: dict[tuple[str, str, int], Splits] = {}
 
 
 def load_splits(
-    name: str, root: Path, split_seed: int, download: bool = True, flatten: bool = True
+    name: str,
+    root: Path,
+    split_seed: int,
+    download: bool = True,
+    flatten: bool = True,
+    verify_checksums: bool = True,
 ) -> Splits:
     """The dataset's splits, from this process's cache when it already holds them."""
-    cache_key = (name, str(root), split_seed, flatten)
-    if cache_key in _CACHE:
-        return _CACHE[cache_key]
-    ensure_available(name, root, download)
-    info = DATASETS[name]
-    official = _module(info).read_official(name, root)
-    splits = prepare_splits(official, info, split_seed, flatten)
-    _CACHE.clear()
-    _CACHE[cache_key] = splits
-    return splits
+    cache_key = (name, str(root), split_seed)
+    splits = _CACHE.get(cache_key)
+    if splits is None:
+        _CACHE.clear()  # before loading the next one: at most one dataset in memory
+        splits = _normalised(prepare(name, root, split_seed, download, verify_checksums))
+        _CACHE[cache_key] = splits
+    return splits.flattened() if flatten else splits

@@ -1,4 +1,16 @@
-"""The common shape every dataset reader returns: the official train and test sets."""
+"""The common shape every dataset reader returns: the official train and test sets.
+
+A reader module (one per on-disk format family, named by `DatasetInfo.module`) defines:
+
+- `expected_files(name, root) -> list[Path]`: the official files it reads, in order;
+- `ensure_available(name, root, download, verify_checksums=True)`: make sure they are
+  present and whole (downloading where allowed), else raise a `DatasetError` naming every
+  expected file and where it goes;
+- `read_official(name, root, verify_checksums=True) -> OfficialSplits`.
+
+`verify_checksums=False` skips the comparison with published checksums (files a test
+fabricates cannot match them); structure, sizes and label ranges are checked regardless.
+"""
 
 from __future__ import annotations
 
