@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from runner.report import (
     Analysis,
@@ -59,7 +60,9 @@ def _colours(labels: list[str]) -> Colours:
 def _panels(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list[Axes]]:
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -86,9 +89,7 @@ def _legend(fig: Figure, axes: list[Axes]) -> None:
                 handles.append(handle)
                 labels.append(label)
     if handles:
-        fig.legend(
-            handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8
-        )
+        fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -142,6 +143,7 @@ def _epoch_figure(
             ax.plot(x, mean, marker=".", color=colours[label], label=label)
             _band(ax, x, mean, group[f"{metric}_std"].to_numpy(dtype=float) * scale, colours[label])
         ax.set(xlabel="epoch", ylabel=ylabel, title=f"{title}, {depth} hidden layer(s)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     _save(fig, path)
@@ -165,6 +167,7 @@ def _by_depth_figure(curves: pd.DataFrame, title: str, path: Path) -> bool:
             std = group["val_accuracy_std"].to_numpy(dtype=float) * 100
             _band(ax, x, mean, std, colour)
         ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{label}, {title}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save(fig, path)
@@ -184,6 +187,7 @@ def _confusion_figure(
         len(depths),
         figsize=(1.9 * len(depths) + 0.6, 2.0 * len(labels) + 0.4),
         squeeze=False,
+        layout="constrained",
     )
     for i, label in enumerate(labels):
         for j, depth in enumerate(depths):
@@ -223,8 +227,8 @@ def _predictions_figure(
         image = ax.imshow(grid, cmap="viridis", vmin=0.0, aspect="auto", interpolation="nearest")
         ax.set_yticks(range(len(mine)), [str(d) for d in mine["depth"]])
         ax.set(xlabel="predicted label", ylabel="hidden layers", title=label)
-        fig.colorbar(image, ax=ax, fraction=0.046, label="share of test set")
-    fig.suptitle(f"Share of test examples predicted per label, {title}", fontsize=10)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(f"Share of the test set predicted as each label, {title}", fontsize=10)
     _save(fig, path)
     return True
 
@@ -284,6 +288,7 @@ def _probe_figure(
         title="Theorem 2's form ((c+1)/c)^k - 1",
     )
     for ax in (measured, theorem):
+        ax.set_xticks(range(1, max(kmax, 2) + 1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save(fig, path)

@@ -349,8 +349,8 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
 @dataclass(frozen=True)
 class Stat:
     mean: float
-    std: float = math.nan
-    n: int = 1
+    std: float = math.nan  # sample standard deviation over seeds; NaN with one
+    n: int = 0  # values averaged (seeds); 0 for a derived number (a ratio, a fitted c)
 
 
 @dataclass
@@ -369,14 +369,12 @@ class GridTable:
         return self.values.get((row, column))
 
 
-def format_stat(stat: Stat | None, fmt: str, with_n: bool = False) -> str:
+def format_stat(stat: Stat | None, fmt: str) -> str:
     if stat is None or math.isnan(stat.mean):
         return "-"
     text = format(stat.mean, fmt)
     if not math.isnan(stat.std):
         text += " ± " + format(stat.std, fmt)
-    if with_n and stat.n > 1:
-        text += f" (n={stat.n})"
     return text
 
 

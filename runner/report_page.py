@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import time
 import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from runner.report import GridTable, format_stat, group_name
+from runner.report import GridTable, Stat, format_stat, group_name
 from runner.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -36,14 +37,21 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def grid_markdown(table: GridTable) -> list[str]:
+    """The table, with the number of seeds said once, and beside the values where it differs."""
+    counts = Counter(s.n for s in table.values.values() if s.n > 0)
+    usual = counts.most_common(1)[0][0] if counts else 1
+
+    def show(stat: Stat | None) -> str:
+        text = format_stat(stat, table.fmt)
+        if stat is not None and stat.n > 0 and stat.n != usual:
+            text += f" (n={stat.n})"
+        return text
+
     lines = [f"**{table.title}**", ""]
-    rows = [
-        [r] + [format_stat(table.get(r, c), table.fmt, with_n=True) for c in table.columns]
-        for r in table.rows
-    ]
+    rows = [[r] + [show(table.get(r, c)) for c in table.columns] for r in table.rows]
     lines += markdown_table([table.row_header, *table.columns], rows)
-    if table.note:
-        lines += [f"*{table.note}.*", ""]
+    seeds = f"{usual} seed{'s' if usual != 1 else ''} per value unless marked (n=...)"
+    lines += [f"*{table.note + '; ' if table.note else ''}{seeds}.*", ""]
     return lines
 
 
