@@ -286,21 +286,21 @@ def annotate(cells: pd.DataFrame) -> pd.DataFrame:
     for phase in (*PHASES, "eval"):
         cells[f"{phase}_seconds_per_epoch"] = cells[f"{phase}_seconds"] / epochs
 
-    # Labels: the paper's name, then `name=value` for every parameter that differs between
-    # configurations of the same architecture, method and batch size.
+    # Labels: the paper's name, then `name=value` for every parameter that tells apart two
+    # configurations drawn in the same place (same dataset and depth) for this architecture,
+    # method and batch size; applied to all of them, so a label means the same everywhere.
+    # (A parameter that differs only between datasets, like dataset_version, is left out.)
     labels = pd.Series("", index=cells.index, dtype=object)
     for (_arch, method, batch), group in cells.groupby(
         ["arch", "method", "batch_size"], dropna=False, sort=False
     ):
-        varying = [
+        candidates = [
             c
-            for c in (
-                *_VARIANT_COLUMNS,
-                *VERSION_COLUMNS,
-                *_own_hyper_columns(cells, str(method)),
-            )
-            if c in group.columns and c != "arch" and group[c].nunique(dropna=False) > 1
+            for c in (*_VARIANT_COLUMNS, *VERSION_COLUMNS, *_own_hyper_columns(cells, str(method)))
+            if c in group.columns and c != "arch"
         ]
+        places = group.groupby(["dataset", "depth"], dropna=False)
+        varying = [c for c in candidates if (places[c].nunique(dropna=False) > 1).any()]
         base = paper_label(str(method), int(batch))
         for index, row in group.iterrows():
             extras = [f"{c.split('.', 1)[-1]}={_show(row[c])}" for c in varying]

@@ -493,3 +493,31 @@ def test_a_malformed_published_file_names_the_file_and_row(tmp_path: Path) -> No
     bad.write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(PublishedDataError, match="the header must be"):
         load_published(bad)
+
+
+def test_labels_tell_apart_only_configurations_drawn_in_the_same_place() -> None:
+    from runner.report import annotate
+
+    job = """
+    name = "labels"
+    [grid]
+    dataset = ["digits", "mnist"]
+    lr = [0.1, 0.01]
+    [params]
+    method = "standard"
+    [[exclude]]
+    dataset = "digits"
+    lr = 0.01
+    """
+    rng = np.random.default_rng(1)
+    rows = []
+    for cell in expand(parse_spec(job)).cells:
+        row = fabricate_row(cell, rng)
+        row["dataset_version"] = 7 if cell.dataset == "digits" else 1  # differs by dataset only
+        rows.append({k: v for k, v in row.items() if k not in ("history", "confusion_matrix")})
+    labels = annotate(pd.DataFrame(rows)).set_index(["dataset", "lr"])["label"]
+    assert labels.to_dict() == {
+        ("digits", 0.1): "STANDARD_S lr=0.1",
+        ("mnist", 0.1): "STANDARD_S lr=0.1",
+        ("mnist", 0.01): "STANDARD_S lr=0.01",
+    }
