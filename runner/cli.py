@@ -253,9 +253,25 @@ def _grid_table(grid: GridTable) -> Table:
     return table
 
 
+_TIME_METRIC_NAMES = {
+    "seconds_per_epoch": "total",
+    "forward_seconds_per_epoch": "feedforward",
+    "backward_seconds_per_epoch": "backprop",
+}
+
+
 def _comparison_table(comparison: pd.DataFrame) -> Table:
     table = Table(title="Published (paper) vs ours: difference = ours - published")
-    for column in ("source", "dataset", "depth", "paper", "ours", "published", "ours", "diff"):
+    for column in (
+        "source",
+        "dataset",
+        "depth",
+        "paper",
+        "our config",
+        "published",
+        "ours",
+        "diff",
+    ):
         table.add_column(column, justify="right" if column in ("depth", "diff") else "left")
     table.add_column("ours/paper", justify="right")
     table.add_column("note", overflow="fold")
@@ -263,7 +279,7 @@ def _comparison_table(comparison: pd.DataFrame) -> Table:
         accuracy = r["metric"] == "test_accuracy"
         fmt = ".2f" if accuracy else ".4g"
         unit = "%" if accuracy else " s/ep"
-        what = "" if accuracy else f" {r['metric'].replace('_seconds_per_epoch', '')}"
+        what = "" if accuracy else " " + _TIME_METRIC_NAMES.get(r["metric"], r["metric"])
         table.add_row(
             r["source"],
             group_name(r["dataset"], r["arch"]),

@@ -18,7 +18,6 @@ A configuration is a cell without its seed: cells that differ only in `seed` are
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from collections import Counter
@@ -39,8 +38,6 @@ from runner.store import ResultsStore, atomic_write_bytes
 if TYPE_CHECKING:
     from runner.figures import FigureFile
     from runner.published import PublishedNumber
-
-log = logging.getLogger("cpusweep")
 
 PHASES = ("data", "forward", "backward", "step", "upkeep")
 
