@@ -20,6 +20,7 @@ from rich.table import Table
 
 from runner.errors import CpusweepError
 from runner.grid import expand
+from runner.report import GridTable, format_stat, group_name
 from runner.spec import JobSpec, load_spec, parse_spec
 from runner.store import ResultsStore
 from runner.sweep import SweepPlan, make_plan
@@ -227,27 +228,69 @@ def _mean_std(mean: float, std: float, fmt: str) -> str:
 
 def _summary_table(summary: pd.DataFrame, n_cells: int) -> Table:
     table = Table(title=f"{n_cells} finished cell(s), mean ± std over seeds")
-    keys = ["dataset", "method", "depth", "batch_size", "lr"]
-    keys += [c for c in summary.columns if "." in c]  # method hyperparameters
+    keys = ["dataset", "arch", "label", "depth"]
     for column in [*keys, "seeds", "test acc", "val acc", "s/epoch", "threads"]:
-        table.add_column(column, justify="left" if column in ("dataset", "method") else "right")
+        table.add_column(column, justify="left" if column in ("dataset", "label") else "right")
     for _, row in summary.iterrows():
         table.add_row(
-            *(
-                (
-                    "-"
-                    if row[k] != row[k]
-                    else f"{row[k]:g}"
-                    if isinstance(row[k], float)
-                    else str(row[k])
-                )
-                for k in keys
-            ),
+            *(str(row[k]) for k in keys),
             str(row["seeds"]),
             _mean_std(row["test_accuracy"], row["test_accuracy_std"], ".4f"),
-            f"{row['val_accuracy']:.4f}",
+            _mean_std(row["val_accuracy"], row["val_accuracy_std"], ".4f"),
             _mean_std(row["seconds_per_epoch"], row["seconds_per_epoch_std"], ".3g"),
-            str(row["torch_threads"]),
+            str(row["threads"]),
+        )
+    return table
+
+
+def _grid_table(grid: GridTable) -> Table:
+    table = Table(title=grid.title, caption=grid.note or None)
+    table.add_column(grid.row_header)
+    for column in grid.columns:
+        table.add_column(column, justify="right")
+    for row in grid.rows:
+        table.add_row(row, *(format_stat(grid.get(row, c), grid.fmt) for c in grid.columns))
+    return table
+
+
+_TIME_METRIC_NAMES = {
+    "seconds_per_epoch": "total",
+    "forward_seconds_per_epoch": "feedforward",
+    "backward_seconds_per_epoch": "backprop",
+}
+
+
+def _comparison_table(comparison: pd.DataFrame) -> Table:
+    table = Table(title="Published (paper) vs ours: difference = ours - published")
+    for column in (
+        "source",
+        "dataset",
+        "depth",
+        "paper",
+        "our config",
+        "published",
+        "ours",
+        "diff",
+    ):
+        table.add_column(column, justify="right" if column in ("depth", "diff") else "left")
+    table.add_column("ours/paper", justify="right")
+    table.add_column("note", overflow="fold")
+    for _, r in comparison.iterrows():
+        accuracy = r["metric"] == "test_accuracy"
+        fmt = ".2f" if accuracy else ".4g"
+        unit = "%" if accuracy else " s/ep"
+        what = "" if accuracy else " " + _TIME_METRIC_NAMES.get(r["metric"], r["metric"])
+        table.add_row(
+            r["source"],
+            group_name(r["dataset"], r["arch"]),
+            str(r["depth"]),
+            r["paper_label"] + what,
+            r["label"],
+            format(r["published"], fmt) + unit,
+            _mean_std(r["ours"], r["ours_std"], fmt) + unit,
+            format(r["difference"], "+" + fmt),
+            "-" if r["ratio"] != r["ratio"] else f"{r['ratio']:.3g}",
+            r["note"],
         )
     return table
 
@@ -255,14 +298,49 @@ def _summary_table(summary: pd.DataFrame, n_cells: int) -> Table:
 def cmd_report(args: argparse.Namespace) -> int:
     from runner.report import build_report
 
-    report = build_report(args.results_dir, args.out)
-    for path in report.unreadable:
+    report = build_report(args.results_dir, args.out, compare_paper=args.compare_paper)
+    data, analysis = report.data, report.analysis
+    for path in data.unreadable:
         err_console.print(f"[yellow]warning:[/] unreadable result file skipped: {path}")
-    if report.cells_path is None:
+    if data.job_problem:
+        err_console.print(f"[yellow]warning:[/] {data.job_problem}")
+    if data.expected is not None:
+        in_job = {c.key for c in data.expected}
+        console.print(
+            f"{len(data.expected)} cells in the job file: {len(data.done_keys & in_job)} done, "
+            f"{sum(f.in_job for f in data.failed)} failed, {len(data.missing)} missing"
+        )
+    if analysis.cells.empty:
         console.print(f"No finished cells in {args.results_dir} yet.")
-        return 0
-    console.print(_summary_table(report.summary, len(report.cells)))
-    console.print(f"Wrote {report.cells_path} and {report.epochs_path}")
+    else:
+        console.print(_summary_table(analysis.summary, len(analysis.cells)))
+        for grid in [*analysis.accuracy, *analysis.timing, *analysis.depth]:
+            console.print(_grid_table(grid))
+        for grid in analysis.probe_tables:
+            console.print(_grid_table(grid))
+    if report.comparison is not None:
+        if report.comparison.empty:
+            console.print("No configuration of this sweep matches a published number.")
+        else:
+            console.print(_comparison_table(report.comparison))
+        if report.unmatched:
+            console.print(
+                f"{len(report.unmatched)} published number(s) have no matching cells here."
+            )
+    if data.missing:
+        shown = ", ".join(c.label() for c in data.missing[:10])
+        more = f" ... and {len(data.missing) - 10} more" if len(data.missing) > 10 else ""
+        console.print(f"[yellow]{len(data.missing)} missing cell(s)[/]: {shown}{more}")
+    if data.failed:
+        console.print(
+            f"[red]{len(data.failed)} failed cell(s)[/]: "
+            + ", ".join(f"{f.label} ({f.error_class})" for f in data.failed[:10])
+            + (f" ... and {len(data.failed) - 10} more" if len(data.failed) > 10 else "")
+        )
+    if report.cells_path is not None:
+        console.print(f"Wrote {report.cells_path} and {report.epochs_path}")
+        console.print(f"{len(report.figures)} figure(s) in {report.out_dir / 'figures'}")
+    console.print(f"Page: {report.page_path}")
     return 0
 
 
@@ -392,9 +470,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="write cells.parquet / epochs.parquet and a summary")
+    p = sub.add_parser(
+        "report", help="tables, figures and a page from a results folder (and Parquet files)"
+    )
     p.add_argument("results_dir")
     p.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
+    p.add_argument(
+        "--compare-paper",
+        action="store_true",
+        help="put the paper's published numbers beside ours, with the difference",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="list and prepare datasets in the data root")
