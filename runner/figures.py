@@ -240,6 +240,7 @@ def _probe_figure(
     if last.empty:
         return False
     fig, (measured, theorem) = _panels(2, width=5.0, height=3.8)
+    ratios: list[float] = []
     kmax = int(points["layer"].max())
     k = np.linspace(1, max(kmax, 2), 200)
     for label, group in last.groupby("label", sort=False):
@@ -270,13 +271,19 @@ def _probe_figure(
             theorem.plot(
                 k, fit.theorem_curve(k), "--", color=colour, label=f"((c+1)/c)^k-1, c={fit.c:.3g}"
             )
-        ratio = means["mean"] / (1.0 - means["mean"])
-        usable = means["mean"] < 1.0
-        theorem.plot(
-            means["depth"][usable], ratio[usable], "o", color=colour, label=f"{label}: e/(1-e)"
-        )
+            ratio = means["mean"] / (1.0 - means["mean"])
+            usable = means["mean"] < 1.0
+            theorem.plot(
+                means["depth"][usable], ratio[usable], "o", color=colour, label=f"{label}: e/(1-e)"
+            )
+            ratios.extend(ratio[usable].tolist())
     paper = Theorem2Fit(c=PAPER_C, rms=0.0, points=0)
     theorem.plot(k, paper.theorem_curve(k), ":", color="grey", label="paper §7 example, c=5")
+    # Log scale, bounded by what was measured: a small fitted c explodes the curve.
+    paper_max = float(paper.theorem_curve(k).max())
+    theorem.set_yscale("log")
+    theorem.set_ylim(1e-2, 3 * max([paper_max, *ratios]))
+    measured.set_yscale("log")  # dropout's noise (often > 1) and ALSH's shortfall (< 1) together
     measured.set(
         xlabel="hidden layers k",
         ylabel="||a_approx - a|| / ||a||",
@@ -285,7 +292,7 @@ def _probe_figure(
     theorem.set(
         xlabel="hidden layers k",
         ylabel="error / estimate",
-        title="Theorem 2's form ((c+1)/c)^k - 1",
+        title="Theorem 2's form ((c+1)/c)^k - 1 (ALSH-APPROX)",
     )
     for ax in (measured, theorem):
         ax.set_xticks(range(1, max(kmax, 2) + 1))
