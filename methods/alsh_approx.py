@@ -68,21 +68,27 @@ class LayerTables:
         self.K, self.L, self.m, self.U = K, L, m, U
         self.fan_in, self.units = fan_in, units
         # Hyperplanes over the transformed space (fan_in inputs, the bias, m norm terms).
+        # Queries run at every step and example, on tiny arrays: numpy does them with far
+        # less per-call overhead than torch; `_planes` is a numpy view of the same memory.
         self.planes = torch.randn(fan_in + 1 + m, K * L, generator=generator)
-        self._bias_row = self.planes[fan_in]  # (K*L,): the query's constant 1
-        self._tail = 0.5 * self.planes[fan_in + 1 :].sum(dim=0)  # (K*L,): Q's m halves
-        self._powers = 2 ** torch.arange(K)  # bit weights of one signature
+        self._planes = self.planes.numpy()
+        self.refresh_constants()
+        self._powers = 1 << np.arange(K)  # bit weights of one signature
         self.members = np.zeros((L, units), dtype=np.int64)  # units sorted by bucket
         self.offsets = np.zeros((L, 2**K + 1), dtype=np.int64)  # bucket starts
 
-    def signatures(self, bits: torch.Tensor) -> np.ndarray:
+    def refresh_constants(self) -> None:
+        """The parts of every query that do not depend on it (after `planes` changes)."""
+        self._bias_row = self._planes[self.fan_in]  # (K*L,): the query's constant 1
+        self._tail = 0.5 * self._planes[self.fan_in + 1 :].sum(axis=0)  # (K*L,): Q's m halves
+
+    def signatures(self, bits: np.ndarray) -> np.ndarray:
         """(N, K*L) booleans -> (N, L) bucket numbers."""
-        grouped = bits.view(len(bits), self.L, self.K).to(torch.int64)
-        return (grouped * self._powers).sum(dim=2).numpy()
+        return (bits.reshape(len(bits), self.L, self.K) * self._powers).sum(axis=2)
 
     def rebuild(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         transformed = transform_p(weight, bias, self.m, self.U)  # (n, fan_in + 1 + m)
-        codes = self.signatures(transformed @ self.planes > 0)  # (n, L)
+        codes = self.signatures((transformed @ self.planes > 0).numpy())  # (n, L)
         for t in range(self.L):
             self.members[t] = np.argsort(codes[:, t], kind="stable")
             counts = np.bincount(codes[:, t], minlength=2**self.K)
@@ -90,10 +96,11 @@ class LayerTables:
 
     def query(self, h: torch.Tensor, prev: torch.Tensor | None) -> np.ndarray:
         """Bucket numbers (B, L) of the batch's inputs h (B, |prev|) to this layer, whose
-        other inputs (units outside prev) are 0."""
-        planes = self.planes[: self.fan_in] if prev is None else self.planes.index_select(0, prev)
-        dots = h @ planes + self._bias_row  # (B, |prev|) @ (|prev|, K*L): Q's [a; 1] part
-        norm = (h.pow(2).sum(dim=1, keepdim=True) + 1.0).sqrt()  # |[a; 1]|
+        other inputs (units outside prev) are 0: Q([a; 1]) hashed on prev's rows only."""
+        a = h.numpy()
+        planes = self._planes[: self.fan_in] if prev is None else self._planes[prev.numpy()]
+        dots = a @ planes + self._bias_row  # (B, |prev|) @ (|prev|, K*L): Q's [a; 1] part
+        norm = np.sqrt(np.einsum("ij,ij->i", a, a) + 1.0)[:, None]  # |[a; 1]|
         return self.signatures(dots / norm + self._tail > 0)
 
     def bucket(self, table: int, code: int) -> np.ndarray:
@@ -233,8 +240,7 @@ class ALSHApprox(SparseMLP):
         super().set_extra_state(state)
         for tables, planes in zip(self.tables, state.get("planes", []), strict=False):
             tables.planes.copy_(planes)
-            tables._bias_row = tables.planes[tables.fan_in]
-            tables._tail = 0.5 * tables.planes[tables.fan_in + 1 :].sum(dim=0)
+            tables.refresh_constants()
         self.last_rebuild_at = int(state.get("last_rebuild_at", 0))
         self.rebuilds = int(state.get("rebuilds", 0))
         self._stale = True  # weights are loaded after this: rebuild before the next use

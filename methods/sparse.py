@@ -44,38 +44,42 @@ class Block:
         return self.leaf.numel()
 
 
-def gather(
-    param: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None
-) -> torch.Tensor:
-    """param[rows][:, cols] as a new tensor (rows/cols None = all); a 1-D param uses rows."""
-    if param.dim() == 1:
-        return param.index_select(0, rows) if rows is not None else param.clone()
+def _index(
+    param_dim: int, rows: torch.Tensor | None, cols: torch.Tensor | None, lead: int
+) -> tuple[Any, ...]:
+    """The indexing tuple for param[rows][:, cols] after `lead` leading dimensions."""
+    keep = (slice(None),) * lead
+    if param_dim - lead == 1:
+        return (*keep, rows if rows is not None else slice(None))
     if rows is not None and cols is not None:
-        return param[rows.unsqueeze(1), cols]  # (r, c), one gather
+        return (*keep, rows.unsqueeze(1), cols)  # (r, 1) x (c,) broadcast: one gather
     if rows is not None:
-        return param.index_select(0, rows)
-    if cols is not None:
-        return param.index_select(1, cols)
-    return param.clone()
+        return (*keep, rows)
+    return (*keep, slice(None), cols if cols is not None else slice(None))
+
+
+def gather(
+    param: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None, lead: int = 0
+) -> torch.Tensor:
+    """param[..., rows][..., :, cols] as a new tensor (rows/cols None = all; a 1-D parameter
+    uses rows); `lead` leading dimensions (e.g. Adam's stacked moments) are kept whole."""
+    if rows is None and cols is None:
+        return param.clone()
+    return param[_index(param.dim(), rows, cols, lead)]
 
 
 def scatter_(
-    param: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None, values: torch.Tensor
+    param: torch.Tensor,
+    rows: torch.Tensor | None,
+    cols: torch.Tensor | None,
+    values: torch.Tensor,
+    lead: int = 0,
 ) -> None:
-    """Write `values` into param[rows][:, cols] in place."""
-    if param.dim() == 1:
-        if rows is not None:
-            param.index_copy_(0, rows, values)
-        else:
-            param.copy_(values)
-    elif rows is not None and cols is not None:
-        param.index_put_((rows.unsqueeze(1), cols), values)
-    elif rows is not None:
-        param.index_copy_(0, rows, values)
-    elif cols is not None:
-        param.index_copy_(1, cols, values)
-    else:
+    """Write `values` into the block `gather` reads, in place."""
+    if rows is None and cols is None:
         param.copy_(values)
+    else:
+        param[_index(param.dim(), rows, cols, lead)] = values
 
 
 class SparseMLP(MethodModel):
@@ -215,6 +219,12 @@ class SparseMLP(MethodModel):
 class LazyOptimizer:
     """SGD (with momentum) or Adam that updates only the blocks the last step touched.
 
+    The per-block arithmetic is torch.optim's own (same operations, so that with every unit
+    active the result is bit for bit dense SGD / Adam), done with `torch._foreach_*` over all
+    blocks of a step at once: at batch 1 the cost of a step is the number of operations, not
+    their size. Adam keeps both moments of a parameter in one (2, ...) tensor, so that one
+    gather and one scatter move both.
+
     It follows `torch.optim.Optimizer`'s protocol where the trainer and checkpoints use it:
     `zero_grad`, `step`, `state_dict`, `load_state_dict`.
     """
@@ -233,75 +243,73 @@ class LazyOptimizer:
         self.betas = betas
         self.eps = eps
         self.step_count = 0
-        self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.updated_elements = 0  # instrumentation: weights written by the last step
         self._names = {id(p): name for name, p in model.named_parameters()}
-        for param in model.parameters():
-            self._state_for(param)
+        # Allocated once, so that no step ever touches a whole parameter's state.
+        self.state: dict[str, torch.Tensor] = {}
+        for name, param in model.named_parameters():
+            if self.kind == "adam":
+                self.state[name] = torch.zeros((2, *param.shape))  # exp_avg, exp_avg_sq
+            elif self.momentum:
+                self.state[name] = torch.zeros_like(param)  # momentum buffer
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Gradients live on the per-step blocks, which the next forward replaces."""
 
-    def _state_for(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
-        name = self._names[id(param)]
-        if name not in self.state:
-            # Allocated once, so that no step ever touches a whole parameter's state.
-            if self.kind == "adam":
-                self.state[name] = {
-                    "exp_avg": torch.zeros_like(param),
-                    "exp_avg_sq": torch.zeros_like(param),
-                }
-            elif self.momentum:
-                self.state[name] = {"momentum_buffer": torch.zeros_like(param)}
-            else:
-                self.state[name] = {}
-        return self.state[name]
-
     @torch.no_grad()
     def step(self) -> None:
         self.step_count += 1
-        self.updated_elements = 0
-        for block in self.model.blocks:
-            grad = block.leaf.grad
-            if grad is None:  # the block did not reach the loss (e.g. an empty layer)
-                continue
-            self.updated_elements += grad.numel()
-            if self.kind == "adam":
-                self._adam(block, grad)
-            else:
-                self._sgd(block, grad)
+        blocks = [b for b in self.model.blocks if b.leaf.grad is not None]
+        self.updated_elements = sum(b.numel for b in blocks)
+        if not blocks:
+            return
+        grads = [b.leaf.grad for b in blocks]
+        values = [b.leaf.detach() for b in blocks]  # the gathered weights, updated in place
+        if self.kind == "adam":
+            self._adam(blocks, grads, values)  # type: ignore[arg-type]
+        else:
+            self._sgd(blocks, grads, values)  # type: ignore[arg-type]
+        for block, value in zip(blocks, values, strict=True):
+            scatter_(block.param, block.rows, block.cols, value)
 
-    def _sgd(self, block: Block, grad: torch.Tensor) -> None:
-        param = block.param
+    def _sgd(
+        self, blocks: list[Block], grads: list[torch.Tensor], values: list[torch.Tensor]
+    ) -> None:
         if self.momentum:
-            buf_full = self._state_for(param)["momentum_buffer"]
-            buf = gather(buf_full, block.rows, block.cols).mul_(self.momentum).add_(grad)
-            scatter_(buf_full, block.rows, block.cols, buf)
-            grad = buf
-        # The same arithmetic as torch.optim.SGD (param.add_(grad, alpha=-lr)).
-        scatter_(param, block.rows, block.cols, block.leaf.detach().add(grad, alpha=-self.lr))
+            full = [self.state[self._names[id(b.param)]] for b in blocks]
+            bufs = [gather(f, b.rows, b.cols) for f, b in zip(full, blocks, strict=True)]
+            torch._foreach_mul_(bufs, self.momentum)  # buf = momentum * buf + grad
+            torch._foreach_add_(bufs, grads)
+            for f, b, buf in zip(full, blocks, bufs, strict=True):
+                scatter_(f, b.rows, b.cols, buf)
+            grads = bufs
+        torch._foreach_add_(values, grads, alpha=-self.lr)  # torch.optim.SGD's update
 
-    def _adam(self, block: Block, grad: torch.Tensor) -> None:
+    def _adam(
+        self, blocks: list[Block], grads: list[torch.Tensor], values: list[torch.Tensor]
+    ) -> None:
         beta1, beta2 = self.betas
-        state = self._state_for(block.param)
-        m = gather(state["exp_avg"], block.rows, block.cols)
-        v = gather(state["exp_avg_sq"], block.rows, block.cols)
-        m.lerp_(grad, 1 - beta1)  # the same arithmetic as torch.optim.Adam
-        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        full = [self.state[self._names[id(b.param)]] for b in blocks]
+        moments = [gather(f, b.rows, b.cols, lead=1) for f, b in zip(full, blocks, strict=True)]
+        m = [pair[0] for pair in moments]  # views into the gathered (2, ...) blocks
+        v = [pair[1] for pair in moments]
+        # torch.optim.Adam's arithmetic, step for step.
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
         bias1 = 1 - beta1**self.step_count
         bias2_sqrt = (1 - beta2**self.step_count) ** 0.5
-        denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
-        value = block.leaf.detach().addcdiv(m, denom, value=-self.lr / bias1)
-        scatter_(state["exp_avg"], block.rows, block.cols, m)
-        scatter_(state["exp_avg_sq"], block.rows, block.cols, v)
-        scatter_(block.param, block.rows, block.cols, value)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(values, m, denom, value=-self.lr / bias1)
+        for f, b, pair in zip(full, blocks, moments, strict=True):
+            scatter_(f, b.rows, b.cols, pair, lead=1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "step_count": self.step_count,
-            "state": {name: dict(s) for name, s in self.state.items()},
-        }
+        return {"step_count": self.step_count, "state": dict(self.state)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])
-        self.state = {name: dict(s) for name, s in state["state"].items()}
+        for name, tensor in state["state"].items():
+            self.state[name].copy_(tensor)
