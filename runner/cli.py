@@ -12,6 +12,7 @@ import shlex
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -429,6 +430,100 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench -------------------------------------------------------------------------------------
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list: {text!r}") from None
+
+    return parse
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from methods.registry import METHODS
+    from runner.bench import BenchConfig, machine, run_bench
+
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise CpusweepError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+    config = BenchConfig(
+        methods=tuple(args.methods),
+        depths=tuple(args.depths),
+        batch_sizes=tuple(args.batch_sizes),
+        width=args.width,
+        repeats=args.repeats,
+        examples_batch1=args.examples_batch1,
+        examples_batched=args.examples_batched,
+    )
+    host = machine()
+    console.print(
+        f"Benchmark on {host['cpu_model']}, torch {host['torch_version']}, "
+        f"{host['torch_threads']} torch thread(s); {config.repeats} repeats, "
+        f"{config.examples_batch1} examples at batch 1, {config.examples_batched} "
+        "otherwise"
+    )
+    with console.status("benchmarking") as status:
+        records = run_bench(config, progress=lambda message: status.update(message))
+    table = Table(title="Seconds per MNIST-sized epoch (extrapolated) and median ratios")
+    for column in (
+        "method",
+        "batch",
+        "depth",
+        "opt",
+        "s/epoch",
+        "x plain",
+        "x standard",
+        "x std same opt",
+        "data",
+        "fwd",
+        "bwd",
+        "step",
+        "upkeep",
+        "target",
+    ):
+        table.add_column(column, justify="left" if column in ("method", "opt") else "right")
+    for r in records:
+        share = r.phase_share
+        verdict = (
+            ""
+            if r.target_met is None
+            else ("[green]✓ " if r.target_met else "[red]✗ ") + r.target + "[/]"
+        )
+        table.add_row(
+            r.method,
+            str(r.batch_size),
+            str(r.depth),
+            r.optimizer,
+            f"{r.seconds_per_epoch:.1f}",
+            f"{r.ratio_vs_plain:.2f}",
+            f"{r.ratio_vs_standard:.2f}",
+            f"{r.ratio_vs_standard_same_optimizer:.2f}",
+            *(f"{100 * share[p]:.1f}%" for p in ("data", "forward", "backward", "step", "upkeep")),
+            verdict,
+        )
+    console.print(table)
+    if args.json:
+        payload = {
+            "machine": host,
+            "config": {
+                "width": config.width,
+                "examples_batch1": config.examples_batch1,
+                "examples_batched": config.examples_batched,
+                "repeats": config.repeats,
+            },
+            "records": [r.as_json() for r in records],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        console.print(f"Wrote {args.json}")
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -481,6 +576,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="put the paper's published numbers beside ours, with the difference",
     )
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="time each method against a plain PyTorch loop")
+    p.add_argument(
+        "--methods",
+        type=_csv(str),
+        default=["standard", "dropout", "adaptive_dropout", "mc_approx", "alsh_approx"],
+        help="comma-separated",
+    )
+    p.add_argument("--depths", type=_csv(int), default=[3, 7], help="comma-separated")
+    p.add_argument("--batch-sizes", type=_csv(int), default=[1, 20], help="comma-separated")
+    p.add_argument("--width", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--examples-batch1",
+        type=int,
+        default=1000,
+        help="training examples per timed epoch at batch 1",
+    )
+    p.add_argument(
+        "--examples-batched",
+        type=int,
+        default=10000,
+        help="training examples per timed epoch at larger batches",
+    )
+    p.add_argument("--json", help="write the records to this file")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="list and prepare datasets in the data root")
     data = p.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,360 @@
+"""`python -m runner bench`: each method's epoch time on one thread, against a plain loop.
+
+For every method x batch size x depth, one epoch over a fixed slice of MNIST-shaped synthetic
+data (784 features, 10 classes, width 1000 by default) is timed through the real code path
+(`methods.build` and `runner.trainer.train`, with its data / forward / backward / step /
+upkeep split), side by side in the same process with the loop a researcher would write by
+hand: an `nn.Sequential` of Linear and ReLU, log-softmax, NLL and a stock torch optimizer.
+Everything runs `repeats` times, interleaved, and every ratio is taken within one repeat
+before the median is taken over repeats, so that a machine that is slower for a while slows
+both sides of a ratio alike. Ratios are what to read; absolute seconds depend on the machine
+(and are extrapolated to a 55000-example MNIST epoch for comparison with the paper).
+
+The targets the project holds itself to are checked and printed with the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("cpusweep")
+
+MNIST_TRAIN = 55000
+# The paper's optimizer per method (§9.4): Adam for ALSH-APPROX, SGD otherwise.
+PAPER_OPTIMIZER = {"alsh_approx": "adam"}
+
+# (method, batch size, depth or None for any) -> (what the ratio divides by, the most allowed)
+TARGETS: dict[tuple[str, int, int | None], tuple[str, float]] = {
+    ("standard", 1, None): ("plain", 1.10),
+    ("standard", 20, None): ("plain", 1.10),
+    ("dropout", 1, None): ("standard", 0.30),
+    ("dropout", 20, None): ("standard", 0.40),
+    ("alsh_approx", 1, 3): ("standard", 0.50),
+    ("alsh_approx", 1, 7): ("standard", 0.50),
+    ("mc_approx", 20, None): ("standard", 1.00),
+    ("mc_approx", 1, None): ("standard", 1.10),
+}
+DATA_SHARE_TARGET = 0.05  # data handling, as a share of a batch-1 epoch
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    methods: Sequence[str] = ("standard", "dropout", "adaptive_dropout", "mc_approx", "alsh_approx")
+    depths: Sequence[int] = (3, 7)
+    batch_sizes: Sequence[int] = (1, 20)
+    width: int = 1000
+    features: int = 784
+    classes: int = 10
+    examples_batch1: int = 1000  # training examples in a timed epoch at batch 1
+    examples_batched: int = 10000  # ... at larger batch sizes
+    repeats: int = 3
+    lr: float = 1e-3
+    seed: int = 0
+
+    def examples(self, batch_size: int) -> int:
+        return self.examples_batch1 if batch_size == 1 else self.examples_batched
+
+
+@dataclass
+class Timing:
+    """One timed epoch: seconds per phase."""
+
+    phases: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        return sum(self.phases.values())
+
+
+@dataclass
+class Record:
+    method: str
+    batch_size: int
+    depth: int
+    width: int
+    optimizer: str
+    examples: int
+    repeats: int
+    seconds: float  # median measured epoch over `examples`
+    seconds_per_epoch: float  # extrapolated to a 55000-example MNIST epoch
+    ratio_vs_plain: float  # median over repeats of (this / plain loop, same optimizer)
+    ratio_vs_standard: float  # ... of (this / STANDARD with SGD, the paper's yardstick)
+    ratio_vs_standard_same_optimizer: float  # ... of (this / STANDARD, same optimizer)
+    phase_share: dict[str, float]  # median share of each phase in the epoch
+    target: str = ""  # e.g. "<= 0.30x standard"
+    target_met: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "batch_size": self.batch_size,
+            "depth": self.depth,
+            "width": self.width,
+            "optimizer": self.optimizer,
+            "examples": self.examples,
+            "repeats": self.repeats,
+            "seconds": self.seconds,
+            "seconds_per_epoch": self.seconds_per_epoch,
+            "ratio_vs_plain": self.ratio_vs_plain,
+            "ratio_vs_standard": self.ratio_vs_standard,
+            "ratio_vs_standard_same_optimizer": self.ratio_vs_standard_same_optimizer,
+            "phase_share": self.phase_share,
+            "target": self.target,
+            "target_met": self.target_met,
+            **self.extra,
+        }
+
+
+def machine() -> dict[str, Any]:
+    """What the benchmark runs on (after pinning torch to one thread, as every cell is)."""
+    import torch
+
+    from runner.threads import apply_threads, observe
+
+    apply_threads(1)
+    seen = observe()
+    return {
+        "cpu_model": seen["cpu_model"],
+        "torch_threads": seen["torch_threads"],
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def synthetic_splits(config: BenchConfig, examples: int) -> Any:
+    """Class-structured MNIST-shaped data (prototype per class plus noise), standardised."""
+    import torch
+
+    from runner.datasets.loading import Splits
+    from runner.datasets.registry import DatasetInfo
+
+    g = torch.Generator().manual_seed(config.seed)
+    prototypes = torch.randn(config.classes, config.features, generator=g)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, config.classes, (n,), generator=g)
+        x = prototypes[y] + 2.0 * torch.randn(n, config.features, generator=g)
+        return (x / x.std()).contiguous(), y
+
+    info = DatasetInfo(
+        name="synthetic",
+        summary="benchmark data",
+        module="",
+        classes=config.classes,
+        image_shape=(1, 1, config.features),
+        train=examples,
+        val=256,
+        test=256,
+    )
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = make(examples), make(256), make(256)
+    return Splits(
+        info=info,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
+        mean=0.0,
+        std=1.0,
+        split_fingerprint="synthetic",
+    )
+
+
+def plain_epoch(
+    splits: Any, depth: int, width: int, batch_size: int, optimizer: str, lr: float, seed: int
+) -> Timing:
+    """The hand-written loop: nn.Sequential, log-softmax, NLL, torch.optim, shuffled once."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from methods.base import Architecture, init_linear_
+
+    g = torch.Generator().manual_seed(seed)
+    arch = Architecture(
+        in_features=splits.x_train.shape[1], width=width, depth=depth, classes=splits.info.classes
+    )
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(arch.layer_sizes()):
+        linear = nn.Linear(fan_in, fan_out)
+        init_linear_(linear, g)
+        layers += [linear, nn.ReLU()] if i < depth else [linear]
+    net = nn.Sequential(*layers)
+    opt = (
+        torch.optim.SGD(net.parameters(), lr=lr)
+        if optimizer == "sgd"
+        else torch.optim.Adam(net.parameters(), lr=lr)
+    )
+    t0 = time.perf_counter()
+    order = torch.randperm(len(splits.y_train), generator=g)
+    x, y = splits.x_train[order], splits.y_train[order]
+    data = time.perf_counter() - t0
+    fwd = bwd = stp = 0.0
+    for start in range(0, len(y), batch_size):
+        t0 = time.perf_counter()
+        loss = F.nll_loss(
+            F.log_softmax(net(x[start : start + batch_size]), dim=1), y[start : start + batch_size]
+        )
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        fwd += t1 - t0
+        bwd += t2 - t1
+        stp += t3 - t2
+    return Timing({"data": data, "forward": fwd, "backward": bwd, "step": stp, "upkeep": 0.0})
+
+
+def method_epoch(
+    method: str,
+    splits: Any,
+    depth: int,
+    width: int,
+    batch_size: int,
+    optimizer: str,
+    lr: float,
+    seed: int,
+) -> Timing:
+    """One epoch of `method` through the real trainer."""
+    import torch
+
+    import methods
+    from methods.base import Architecture, TrainSettings
+    from methods.registry import METHODS
+    from runner.trainer import train
+
+    arch = Architecture(
+        in_features=splits.x_train.shape[1], width=width, depth=depth, classes=splits.info.classes
+    )
+    hyper = {p.name: p.default for p in METHODS[method].params}
+    model = methods.build(
+        method,
+        arch,
+        hyper,
+        torch.Generator().manual_seed(seed),
+        torch.Generator().manual_seed(seed + 1),
+    )
+    settings = TrainSettings(lr=lr, optimizer=optimizer, momentum=0.0, batch_size=batch_size)
+    outcome = train(
+        model, splits, settings, epochs=1, shuffle_generator=torch.Generator().manual_seed(seed + 2)
+    )
+    epoch = outcome.history[0]
+    return Timing(
+        {
+            phase: float(epoch[f"{phase}_seconds"])
+            for phase in ("data", "forward", "backward", "step", "upkeep")
+        }
+    )
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _target_for(method: str, batch_size: int, depth: int) -> tuple[str, float] | None:
+    return TARGETS.get((method, batch_size, depth)) or TARGETS.get((method, batch_size, None))
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> list[Record]:
+    """Time every case `config.repeats` times, interleaved; return one record per case."""
+    from runner.threads import apply_threads
+
+    apply_threads(1)
+    say = progress or (lambda message: log.info("%s", message))
+    records: list[Record] = []
+    for batch_size in config.batch_sizes:
+        examples = config.examples(batch_size)
+        splits = synthetic_splits(config, examples)
+        for depth in config.depths:
+            optimizers = sorted({PAPER_OPTIMIZER.get(m, "sgd") for m in config.methods} | {"sgd"})
+            runs: dict[str, list[Timing]] = {}
+            for repeat in range(config.repeats):
+                for opt in optimizers:
+                    say(f"b{batch_size} d{depth} repeat {repeat + 1}: plain loop ({opt})")
+                    runs.setdefault(f"plain/{opt}", []).append(
+                        plain_epoch(
+                            splits, depth, config.width, batch_size, opt, config.lr, config.seed
+                        )
+                    )
+                    if "standard" not in config.methods or opt != "sgd":
+                        say(f"b{batch_size} d{depth} repeat {repeat + 1}: standard ({opt})")
+                        runs.setdefault(f"standard/{opt}", []).append(
+                            method_epoch(
+                                "standard",
+                                splits,
+                                depth,
+                                config.width,
+                                batch_size,
+                                opt,
+                                config.lr,
+                                config.seed,
+                            )
+                        )
+                for method in config.methods:
+                    opt = PAPER_OPTIMIZER.get(method, "sgd")
+                    say(f"b{batch_size} d{depth} repeat {repeat + 1}: {method} ({opt})")
+                    runs.setdefault(f"{method}/{opt}", []).append(
+                        method_epoch(
+                            method,
+                            splits,
+                            depth,
+                            config.width,
+                            batch_size,
+                            opt,
+                            config.lr,
+                            config.seed,
+                        )
+                    )
+            for method in config.methods:
+                opt = PAPER_OPTIMIZER.get(method, "sgd")
+                mine = runs[f"{method}/{opt}"]
+                plain, std_sgd = runs["plain/" + opt], runs["standard/sgd"]
+                std_same = runs[f"standard/{opt}"]
+                seconds = _median([t.total for t in mine])
+                shares = {
+                    phase: _median([t.phases[phase] / t.total for t in mine])
+                    for phase in mine[0].phases
+                }
+                record = Record(
+                    method=method,
+                    batch_size=batch_size,
+                    depth=depth,
+                    optimizer=opt,
+                    examples=examples,
+                    repeats=config.repeats,
+                    seconds=seconds,
+                    seconds_per_epoch=seconds * MNIST_TRAIN / examples,
+                    ratio_vs_plain=_median(
+                        [m.total / p.total for m, p in zip(mine, plain, strict=True)]
+                    ),
+                    ratio_vs_standard=_median(
+                        [m.total / s.total for m, s in zip(mine, std_sgd, strict=True)]
+                    ),
+                    ratio_vs_standard_same_optimizer=_median(
+                        [m.total / s.total for m, s in zip(mine, std_same, strict=True)]
+                    ),
+                    phase_share=shares,
+                )
+                target = _target_for(method, batch_size, depth)
+                if target is not None:
+                    against, limit = target
+                    ratio = (
+                        record.ratio_vs_plain if against == "plain" else record.ratio_vs_standard
+                    )
+                    record.target = f"<= {limit:.2f}x {against}"
+                    record.target_met = ratio <= limit
+                if batch_size == 1:
+                    record.extra["data_share_target_met"] = shares["data"] < DATA_SHARE_TARGET
+                records.append(record)
+    return records
