@@ -136,6 +136,22 @@ def _classify_ray_error(exc: BaseException) -> str:
     return "worker_crash"  # WorkerCrashedError, NodeDiedError, ObjectLostError, ...
 
 
+def _connection_hint(exc: BaseException) -> str:
+    """What to do when joining a cluster failed; Ray buries the reason in the cause's text."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any("AuthenticationError" in str(e) or "InvalidAuthToken" in str(e) for e in chain):
+        return (
+            "The cluster requires its authentication token: set RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN=<token> (or RAY_AUTH_TOKEN_PATH=<file holding it>); on a node of "
+            "the cluster, `ray get-auth-token` prints it."
+        )
+    return "Check the address and that the cluster is up (ray status)."
+
+
 class RayExecutor(Executor):
     """One cell = one Ray task with the job's num_cpus and memory, and enforced threads."""
 
@@ -195,7 +211,7 @@ class RayExecutor(Executor):
             raise ExecutorError(
                 f"could not start or reach Ray ({type(exc).__name__}: {exc}). "
                 + (
-                    "Check the address and that the cluster is up (ray status)."
+                    _connection_hint(exc)
                     if address
                     else "Try --executor serial to run without Ray."
                 )
