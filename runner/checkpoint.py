@@ -127,8 +127,8 @@ class Resumed:
 class CellCheckpoints:
     """The checkpoint of one running cell (worker side): check the storage, load, save.
 
-    Problems that do not stop the cell (an unreadable or foreign checkpoint, a failed save) are
-    logged here and appended to `warnings`, which travel back to the driver with the result."""
+    What the user should hear about (a resume, an unreadable or foreign checkpoint, a failed
+    save) is appended to `warnings`, which travel back to the driver with the result."""
 
     def __init__(self, policy: CheckpointPolicy, cell: Cell, node: str, warnings: list[str]):
         self.policy = policy
@@ -142,7 +142,9 @@ class CellCheckpoints:
         self._save_failed = False
 
     def _warn(self, message: str) -> None:
-        log.warning("%s: %s", self.cell.label(), message)
+        # The driver shows it as a warning when the result arrives (the serial executor runs
+        # in the driver: a warning here too would show it twice).
+        log.info("%s: %s", self.cell.label(), message)
         self.warnings.append(message)
 
     def identity(self) -> dict[str, Any]:

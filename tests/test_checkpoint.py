@@ -337,7 +337,8 @@ def test_driver_deletes_checkpoints_of_finished_and_application_failed_cells_onl
 ) -> None:
     spec = parse_spec(
         'name = "j"\n[grid]\nseed = [0, 1, 2, 3]\n'
-        '[params]\nmethod = "standard"\ndataset = "digits"\nepochs = 3\n'
+        '[params]\nmethod = "standard"\ndataset = "digits"\nepochs = 2\nwidth = 16\n'
+        "depth = 1\nbatch_size = 20\ntrain_limit = 100\n"
     )
     from runner.grid import expand
 
