@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -370,3 +371,43 @@ def test_driver_deletes_checkpoints_of_finished_and_application_failed_cells_onl
     run_sweep(plan, store, executor, max_in_flight=1)
     left = {p.stem for p in (store.root / "checkpoints").glob("*.pt")}
     assert left == {cells[2].key, cells[3].key}  # what a resume will continue from
+
+
+def test_ctrl_c_mid_cell_then_the_same_command_continues_the_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = write_job(
+        tmp_path / "j.toml",
+        """
+        name = "ctrl-c"
+        [params]
+        method = "standard"
+        dataset = "digits"
+        width = 16
+        depth = 1
+        epochs = 4
+        batch_size = 20
+        train_limit = 200
+    """,
+    )
+    results = tmp_path / "results"
+    args = ["submit", str(job), "--executor", "serial", "--results", str(results)]
+    real_save = CellCheckpoints.save
+
+    def save_then_interrupt(self: CellCheckpoints, state: LoopState) -> None:
+        real_save(self, state)
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CellCheckpoints, "save", save_then_interrupt)
+        assert main(args) == 130
+    assert len(list((results / "checkpoints").glob("*.pt"))) == 1
+    assert not list((results / "cells").glob("*.parquet"))
+
+    assert main(args) == 0
+    [row] = pd.read_parquet(results / "cells").to_dict("records")
+    assert row["resumed_from_epoch"] == 2 and row["epochs_done"] == 4
+    assert not list((results / "checkpoints").glob("*.pt"))
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "resumed from its checkpoint after epoch 2" in warning.getMessage()
