@@ -121,7 +121,6 @@ class Resumed:
 
     state: LoopState
     resumes: int  # times this cell has continued from a checkpoint, this time included
-    node: str  # the node that wrote it
 
 
 class CellCheckpoints:
@@ -207,7 +206,7 @@ class CellCheckpoints:
             f"resumed from its checkpoint after epoch {state.epoch} (written by node "
             f"{saved['node']}; resume {self.resumes})"
         )
-        return Resumed(state=state, resumes=self.resumes, node=str(saved["node"]))
+        return Resumed(state=state, resumes=self.resumes)
 
     def _problem(self, saved: Any) -> str | None:
         if not isinstance(saved, dict):

@@ -62,7 +62,7 @@ class LoopState:
     model: dict[str, Any]  # model.state_dict(): weights and the method's sampling state
     optimizer: dict[str, Any]  # optimizer.state_dict()
     shuffle_rng: torch.Tensor  # the shuffling generator's state
-    global_rng: dict[str, Any]  # torch, numpy and random module states (see capture_rng)
+    global_rng: dict[str, Any]  # torch, numpy and random states (capture_global_rng)
 
 
 def capture_global_rng() -> dict[str, Any]:

@@ -5,6 +5,7 @@ checkpoints are refused; the driver deletes them at the right moments."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import random
 import shutil
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from methods.base import MethodModel, TrainSettings, init_linear_
+from methods.registry import METHODS
 from runner.cellrun import run_cell
 from runner.cells import Cell
 from runner.checkpoint import (
@@ -132,6 +134,37 @@ def test_cell_resumed_after_epoch_2_is_bit_identical(
     assert reference["checkpoint_seconds"] == 0.0 and row["checkpoint_seconds"] > 0
     # The cell leaves its checkpoint for the driver to delete once the row is stored.
     assert path.exists()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_resumes_bit_identical(
+    method: str, policy: CheckpointPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract of methods/base.py, checked for every registered method: whatever a
+    method needs to continue (its sampling generator, counters, tables) is in its state_dict,
+    and that loads with weights_only."""
+    if importlib.util.find_spec(METHODS[method].module) is None:
+        pytest.skip(f"{METHODS[method].module} is not written yet")
+    spec = parse_spec(
+        f'name = "m"\n[params]\nmethod = "{method}"\ndataset = "digits"\nwidth = 64\n'
+        "depth = 2\nepochs = 4\nbatch_size = 10\ntrain_limit = 300\nlr = 0.01\n"
+    )
+    from runner.grid import expand
+
+    [cell] = expand(spec).cells
+    reference = run_cell(cell.to_payload())
+    assert reference["status"] == "ok", reference.get("failure")
+    with monkeypatch.context() as patch:
+        crash_after_checkpoint(patch, epoch=2)
+        with pytest.raises(Crash):
+            run_cell(cell.to_payload(), checkpoints=policy)
+    result = run_cell(cell.to_payload(), checkpoints=policy)
+    assert result["status"] == "ok", result.get("failure")
+    row, ref = result["row"], reference["row"]
+    assert row["resumed_from_epoch"] == 2, result["warnings"]
+    assert row["weights_sha256"] == ref["weights_sha256"]
+    assert without_timings(row["history"]) == without_timings(ref["history"])
+    assert row["confusion_matrix"] == ref["confusion_matrix"]
 
 
 class NoisyMLP(MethodModel):
