@@ -2,7 +2,9 @@
 
 It returns a plain dict, never raises for a problem of the cell's own making: an exception in
 the training code becomes a failure record with its traceback, so one bad cell never stops a
-sweep. The driver, the only writer of the results folder, stores what comes back.
+sweep. The driver, the only writer of the results folder, stores what comes back. The one
+file a cell writes itself is its own checkpoint (runner/checkpoint.py), from which it continues
+if it was interrupted before.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from runner.cells import TRAINER_VERSION, Cell, canonical_json
+from runner.checkpoint import CellCheckpoints, CheckpointPolicy, StorageNotShared
 from runner.errors import DatasetError
 
-FAILURE_CLASSES = ("application", "data", "out_of_memory", "worker_crash", "cancelled")
+FAILURE_CLASSES = (
+    "application",
+    "data",
+    "storage",  # the worker cannot see the results folder it must checkpoint into
+    "out_of_memory",
+    "worker_crash",
+    "cancelled",
+)
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -92,24 +102,44 @@ def _failure(cell: Cell, error_class: str, exc: BaseException, started: float) -
 
 
 def run_cell(
-    payload: dict[str, Any], data_root: str | None = None, download: bool | None = None
+    payload: dict[str, Any],
+    data_root: str | None = None,
+    download: bool | None = None,
+    checkpoints: CheckpointPolicy | None = None,
 ) -> dict[str, Any]:
-    """Train one cell and return {"status": "ok", "row": {...}} or a failure record."""
+    """Train one cell and return {"status": "ok", "row": {...}} or a failure record, each with
+    the `warnings` the driver should show (e.g. an ignored checkpoint).
+
+    With `checkpoints`, the cell continues from its checkpoint if it has one, and saves one
+    every `checkpoints.every` epochs."""
     started = time.perf_counter()
     started_at = _utc_now()
     cell = Cell.from_payload(payload)
+    warnings: list[str] = []
+    result: dict[str, Any]
     try:
-        return {"status": "ok", "row": _train_cell(cell, data_root, download, started, started_at)}
+        row = _train_cell(cell, data_root, download, checkpoints, warnings, started, started_at)
+        result = {"status": "ok", "row": row}
     except DatasetError as exc:
-        return _failure(cell, "data", exc, started)
+        result = _failure(cell, "data", exc, started)
+    except StorageNotShared as exc:
+        result = _failure(cell, "storage", exc, started)
     except MemoryError as exc:
-        return _failure(cell, "out_of_memory", exc, started)
+        result = _failure(cell, "out_of_memory", exc, started)
     except Exception as exc:
-        return _failure(cell, "application", exc, started)
+        result = _failure(cell, "application", exc, started)
+    result["warnings"] = warnings
+    return result
 
 
 def _train_cell(
-    cell: Cell, data_root: str | None, download: bool | None, started: float, started_at: str
+    cell: Cell,
+    data_root: str | None,
+    download: bool | None,
+    policy: CheckpointPolicy | None,
+    warnings: list[str],
+    started: float,
+    started_at: str,
 ) -> dict[str, Any]:
     # Threads and seeds first, before anything is built or loaded.
     from runner.threads import apply_threads, observe
@@ -118,6 +148,14 @@ def _train_cell(
     v = cell.values
     seed = int(v["seed"])
     seed_everything(seed)
+    node = _node_name()
+
+    # Before the data: a worker that cannot checkpoint should say so in seconds.
+    checkpoints = resumed = None
+    if policy is not None:
+        checkpoints = CellCheckpoints(policy, cell, node, warnings)
+        checkpoints.check_storage()
+        resumed = checkpoints.load()
 
     import torch
 
@@ -169,10 +207,14 @@ def _train_cell(
         epochs=int(v["epochs"]),
         shuffle_generator=torch.Generator().manual_seed(derive_seed(seed, "shuffle")),
         train_limit=v.get("train_limit"),
+        resume_state=resumed.state if resumed else None,
+        on_checkpoint=checkpoints.save if checkpoints else None,
+        checkpoint_every=policy.every if policy else 0,
     )
     threads = observe()  # after training: what the cell really ran with
     history = outcome.history
     assert outcome.test is not None
+    # Every epoch's own time, also those computed before a resume (possibly on another node).
     train_seconds = sum(h["train_seconds"] for h in history)
 
     def total(phase: str) -> float:
@@ -201,12 +243,15 @@ def _train_cell(
             "upkeep_seconds": total("upkeep"),
             "eval_seconds": total("eval"),
             "load_seconds": load_seconds,
-            "wall_seconds": time.perf_counter() - started,
+            "checkpoint_seconds": checkpoints.save_seconds if checkpoints else 0.0,
+            "wall_seconds": time.perf_counter() - started,  # this run only, not earlier ones
+            "resumed_from_epoch": resumed.state.epoch if resumed else 0,
+            "resumes": resumed.resumes if resumed else 0,
             **splits.describe(),
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "weights_sha256": _weights_digest(model),
             **threads,
-            "node": _node_name(),
+            "node": node,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "method_version": METHODS[cell.method].version,

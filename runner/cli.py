@@ -69,6 +69,7 @@ def _counts_line(plan: SweepPlan) -> str:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from runner.checkpoint import prepare_checkpoints
     from runner.datasets.locations import downloads_allowed, resolve_data_root
     from runner.executors import Executor, RayExecutor, SerialExecutor
     from runner.progress import RichProgress
@@ -105,11 +106,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
             ensure_available(name, root, download)
 
         data_root = str(root) if args.data_root else None
+        checkpoints = prepare_checkpoints(store.root, spec.resources.checkpoint_every)
         executor: Executor
         if args.executor == "serial":
-            executor = SerialExecutor(data_root, download, spec.resources.torch_threads)
+            executor = SerialExecutor(
+                data_root, download, spec.resources.torch_threads, checkpoints
+            )
         else:
-            executor = RayExecutor(spec.resources, args.address, args.cpus, data_root, download)
+            executor = RayExecutor(
+                spec.resources, args.address, args.cpus, data_root, download, checkpoints
+            )
         try:
             console.print(f"Running on {executor.describe()}")
             with RichProgress(console) as progress:

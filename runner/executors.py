@@ -13,13 +13,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from runner.checkpoint import CheckpointPolicy
 from runner.errors import ExecutorError
 from runner.spec import Resources
 from runner.threads import thread_env
 
 log = logging.getLogger("cpusweep")
 
-Result = dict[str, Any]  # {"status": "ok", "row": {...}} or {"status": "failed", "failure": ...}
+# {"status": "ok", "row": {...}} or {"status": "failed", "failure": {...}}, and "warnings": [...]
+Result = dict[str, Any]
 
 
 class Executor(ABC):
@@ -72,10 +74,17 @@ class SerialExecutor(Executor):
 
     slots = 1
 
-    def __init__(self, data_root: str | None, download: bool | None, torch_threads: int):
+    def __init__(
+        self,
+        data_root: str | None,
+        download: bool | None,
+        torch_threads: int,
+        checkpoints: CheckpointPolicy | None = None,
+    ):
         self._data_root = data_root
         self._download = download
         self._threads = torch_threads
+        self._checkpoints = checkpoints
         self._pending: dict[int, dict[str, Any]] = {}
         self._next = 0
 
@@ -91,7 +100,8 @@ class SerialExecutor(Executor):
         for handle in handles:
             payload = self._pending.pop(handle, None)
             if payload is not None:
-                return [(handle, run_cell(payload, self._data_root, self._download))]
+                result = run_cell(payload, self._data_root, self._download, self._checkpoints)
+                return [(handle, result)]
         return []
 
     def cancel(self, handles: Sequence[Any]) -> None:
@@ -102,11 +112,16 @@ class SerialExecutor(Executor):
         return f"serial executor (this process, {self._threads} torch thread(s))"
 
 
-def _ray_entry(payload: dict[str, Any], data_root: str | None, download: bool | None) -> Result:
+def _ray_entry(
+    payload: dict[str, Any],
+    data_root: str | None,
+    download: bool | None,
+    checkpoints: CheckpointPolicy | None,
+) -> Result:
     """The Ray task body: import lazily so the worker pays for torch once per process."""
     from runner.cellrun import run_cell
 
-    return run_cell(payload, data_root, download)
+    return run_cell(payload, data_root, download, checkpoints)
 
 
 def _classify_ray_error(exc: BaseException) -> str:
@@ -121,6 +136,22 @@ def _classify_ray_error(exc: BaseException) -> str:
     return "worker_crash"  # WorkerCrashedError, NodeDiedError, ObjectLostError, ...
 
 
+def _connection_hint(exc: BaseException) -> str:
+    """What to do when joining a cluster failed; Ray buries the reason in the cause's text."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any("AuthenticationError" in str(e) or "InvalidAuthToken" in str(e) for e in chain):
+        return (
+            "The cluster requires its authentication token: set RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN=<token> (or RAY_AUTH_TOKEN_PATH=<file holding it>); on a node of "
+            "the cluster, `ray get-auth-token` prints it."
+        )
+    return "Check the address and that the cluster is up (ray status)."
+
+
 class RayExecutor(Executor):
     """One cell = one Ray task with the job's num_cpus and memory, and enforced threads."""
 
@@ -131,6 +162,7 @@ class RayExecutor(Executor):
         cpus: int | None,
         data_root: str | None,
         download: bool | None,
+        checkpoints: CheckpointPolicy | None = None,
         max_retries: int = 3,
     ):
         try:
@@ -143,6 +175,7 @@ class RayExecutor(Executor):
         self._payloads: dict[Any, dict[str, Any]] = {}
         self._data_root = data_root
         self._download = download
+        self._checkpoints = checkpoints
         address = address or os.environ.get("RAY_ADDRESS") or None
         runtime_env = {
             "env_vars": thread_env(resources.torch_threads),
@@ -182,7 +215,7 @@ class RayExecutor(Executor):
             raise ExecutorError(
                 f"could not start or reach Ray ({type(exc).__name__}: {exc}). "
                 + (
-                    "Check the address and that the cluster is up (ray status)."
+                    _connection_hint(exc)
                     if address
                     else "Try --executor serial to run without Ray."
                 )
@@ -195,7 +228,9 @@ class RayExecutor(Executor):
         self._remote = ray.remote(_ray_entry).options(
             num_cpus=resources.cpus_per_cell,
             memory=int(resources.memory_gb * 2**30),
-            max_retries=max_retries,  # worker-process crashes only: cell errors are results
+            # Worker-process crashes and lost nodes only (cell errors are results); a retried
+            # cell continues from its checkpoint.
+            max_retries=max_retries,
             retry_exceptions=False,
         )
 
@@ -221,7 +256,7 @@ class RayExecutor(Executor):
             raise ExecutorError("; ".join(problems))
 
     def submit(self, payload: dict[str, Any]) -> Any:
-        handle = self._remote.remote(payload, self._data_root, self._download)
+        handle = self._remote.remote(payload, self._data_root, self._download, self._checkpoints)
         self._payloads[handle] = payload
         return handle
 

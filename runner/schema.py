@@ -57,7 +57,10 @@ MEASURED_COLUMNS = (
     "upkeep_seconds",
     "eval_seconds",
     "load_seconds",
-    "wall_seconds",
+    "checkpoint_seconds",  # writing mid-cell checkpoints, this run only
+    "wall_seconds",  # this run only: a resumed cell's earlier runs are not in it
+    "resumed_from_epoch",  # 0: trained from scratch; e: continued from a checkpoint after epoch e
+    "resumes",  # how many times the cell continued from a checkpoint
     "train_size",
     "val_size",
     "test_size",

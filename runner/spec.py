@@ -30,6 +30,7 @@ The format, in one place (the README shows a full example):
     cpus_per_cell = 1
     torch_threads = 1
     memory_gb = 2.0
+    checkpoint_every = 1                # epochs between mid-cell checkpoints; 0 = none
 
 Matching (`where` and `exclude`): a cell matches when every listed key has the listed value
 (or one of the values, when a list is given). Overrides are matched against the cell before
@@ -122,6 +123,7 @@ class Resources:
     torch_threads: int = 1
     memory_gb: float = 2.0
     max_in_flight: int = 0  # cells submitted at once; 0 = twice the cluster's CPU slots
+    checkpoint_every: int = 1  # epochs between a running cell's checkpoints; 0 = none
 
 
 RESOURCE_PARAMS: tuple[Param, ...] = (
@@ -144,6 +146,13 @@ RESOURCE_PARAMS: tuple[Param, ...] = (
         exclusive_minimum=True,
     ),
     Param("max_in_flight", int, 0, "cells submitted at once (0 = 2 x CPU slots)", minimum=0),
+    Param(
+        "checkpoint_every",
+        int,
+        1,
+        "save each running cell's state every N epochs, to resume it mid-way (0 = never)",
+        minimum=0,
+    ),
 )
 
 

@@ -3,7 +3,7 @@
 Written once for every executor. A bounded number of cells is in flight at a time; each
 result is stored the moment it arrives, by this process only, so an interruption at any
 point loses at most the cells that were still computing, and re-running the same command
-is the resume.
+is the resume. A cell's mid-cell checkpoint is deleted here, once its result is stored.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.cells import Cell
+from runner.checkpoint import discard_checkpoint
 from runner.executors import Executor
 from runner.store import Ledger, ResultsStore
 
@@ -106,13 +107,22 @@ def run_sweep(
                     in_flight[executor.submit(cell.to_payload())] = cell
                 for handle, result in executor.wait(list(in_flight), timeout=0.5):
                     cell = in_flight.pop(handle)
+                    for warning in result.get("warnings", ()):
+                        log.warning("%s [%s]: %s", cell.label(), cell.key, warning)
                     if result["status"] == "ok":
                         store.write_result(result["row"])
+                        discard_checkpoint(store.root, cell.key)  # only once the row is safe
                         summary.finished.append(cell.key)
                         listener.cell_finished(cell, result["row"])
                     else:
                         failure = dict(result["failure"])
                         store.write_failure(failure)
+                        if failure.get("error_class") == "application":
+                            # A deterministic error: continuing from the state that led to it
+                            # (or from a checkpoint that made it fail) would only repeat it. A
+                            # lost worker, an OOM kill, missing data or Ctrl-C keeps it: those
+                            # are what resuming is for.
+                            discard_checkpoint(store.root, cell.key)
                         summary.failed.append(cell.key)
                         listener.cell_failed(cell, failure)
                 running = min(len(in_flight), executor.slots)

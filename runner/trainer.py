@@ -5,16 +5,23 @@ batches), forward (the forward pass and the loss), backward (gradients), step (t
 update), upkeep (the method's own housekeeping, e.g. hash-table rebuilds) and eval
 (validation accuracy and the approximation-error probe, not part of training time). The split
 is the same for every method, so the paper's feedforward / backprop comparison is fair here.
+
+The loop can hand out its complete state after an epoch (`LoopState`, for checkpoints) and
+continue from such a state bit for bit: model and optimizer through their `state_dict()`
+(a method keeps its sampling state there), the shuffling generator, the global generators,
+and the step and example counters the method's upkeep sees.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +45,51 @@ class TrainOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     test: Evaluation | None = None
     steps: int = 0
+
+
+@dataclass
+class LoopState:
+    """Everything the loop needs to continue after `epoch` finished epochs, as plain
+    containers of tensors and numbers (so it loads with `torch.load(weights_only=True)`).
+
+    The state dicts share storage with the live model and optimizer: save or copy it within
+    the `on_checkpoint` callback."""
+
+    epoch: int
+    step: int
+    examples_seen: int
+    history: list[dict[str, Any]]
+    model: dict[str, Any]  # model.state_dict(): weights and the method's sampling state
+    optimizer: dict[str, Any]  # optimizer.state_dict()
+    shuffle_rng: torch.Tensor  # the shuffling generator's state
+    global_rng: dict[str, Any]  # torch, numpy and random states (capture_global_rng)
+
+
+def capture_global_rng() -> dict[str, Any]:
+    """The global generators' states. Our own draws use explicit generators; these are kept
+    so that any code that does touch global state continues identically too."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),  # uint32 values
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "random": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def restore_global_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    r = state["random"]
+    random.setstate((r["version"], tuple(r["internal"]), r["gauss_next"]))
 
 
 @torch.inference_mode()
@@ -68,7 +120,14 @@ def train(
     shuffle_generator: torch.Generator,
     train_limit: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    resume_state: LoopState | None = None,
+    on_checkpoint: Callable[[LoopState], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> TrainOutcome:
+    """Train for `epochs` epochs, or the epochs left after `resume_state`.
+
+    `on_checkpoint` is called with the loop's state after every `checkpoint_every`-th epoch
+    (never after the last: the cell is about to finish)."""
     x_train, y_train = splits.x_train, splits.y_train
     if train_limit is not None:
         x_train, y_train = x_train[:train_limit], y_train[:train_limit]
@@ -79,8 +138,19 @@ def train(
     outcome = TrainOutcome()
     cumulative = 0.0
     step = examples_seen = 0
+    first_epoch = 1
+    if resume_state is not None:
+        model.load_state_dict(resume_state.model)
+        optimizer.load_state_dict(resume_state.optimizer)
+        shuffle_generator.set_state(resume_state.shuffle_rng)
+        restore_global_rng(resume_state.global_rng)
+        step, examples_seen = resume_state.step, resume_state.examples_seen
+        outcome.history = list(resume_state.history)
+        if outcome.history:
+            cumulative = outcome.history[-1]["cumulative_train_seconds"]
+        first_epoch = resume_state.epoch + 1
 
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
         t_data = t_fwd = t_bwd = t_step = t_upkeep = 0.0
         loss_sum = 0.0
@@ -147,6 +217,19 @@ def train(
         outcome.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+        if on_checkpoint and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
+            on_checkpoint(
+                LoopState(
+                    epoch=epoch,
+                    step=step,
+                    examples_seen=examples_seen,
+                    history=outcome.history,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    shuffle_rng=shuffle_generator.get_state(),
+                    global_rng=capture_global_rng(),
+                )
+            )
 
     outcome.steps = step
     outcome.test = evaluate(model, splits.x_test, splits.y_test, classes)
