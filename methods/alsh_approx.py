@@ -140,26 +140,30 @@ class ALSHApprox(SparseMLP):
 
     # --- tables ----------------------------------------------------------------------------
 
-    def rebuild_tables(self) -> None:
+    def rebuild_tables(self, scheduled: bool = False) -> None:
+        """Rebuild every layer's tables from the current weights. Only scheduled rebuilds
+        count in the statistics: the first build, and the one that follows restoring a
+        checkpoint (the same tables the checkpointed run had), are not part of the schedule,
+        so a resumed cell reports exactly what an uninterrupted one does."""
         t0 = time.perf_counter()
         with torch.no_grad():
             for layer, tables in zip(self.layers, self.tables, strict=False):
                 assert isinstance(layer, nn.Linear)
                 tables.rebuild(layer.weight, layer.bias)
         self._stale = False
-        self._rebuild_seconds += time.perf_counter() - t0
-        self._epoch_rebuilds += 1
+        if scheduled:
+            self.rebuilds += 1
+            self._rebuild_seconds += time.perf_counter() - t0
+            self._epoch_rebuilds += 1
 
     def upkeep(self, step: int, examples_seen: int) -> None:
         interval = self.rebuild_early if examples_seen <= self.rebuild_switch else self.rebuild_late
         if examples_seen - self.last_rebuild_at >= interval:
-            self.rebuild_tables()
-            self.rebuilds += 1
+            self.rebuild_tables(scheduled=True)
             self.last_rebuild_at = examples_seen
 
     def end_epoch(self) -> None:
-        self.rebuild_tables()
-        self.rebuilds += 1
+        self.rebuild_tables(scheduled=True)
 
     # --- active sets -----------------------------------------------------------------------
 

@@ -330,6 +330,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     method=method,
                     batch_size=batch_size,
                     depth=depth,
+                    width=config.width,
                     optimizer=opt,
                     examples=examples,
                     repeats=config.repeats,

@@ -209,6 +209,18 @@ class ResultsStore:
 
     # --- reading ------------------------------------------------------------------------------
 
+    def finished_rows(self, columns: list[str]) -> list[dict[str, Any]]:
+        """The given columns (those present) of every readable finished cell."""
+        rows: list[dict[str, Any]] = []
+        for path in sorted(self.cells_dir.glob("*.parquet")) if self.cells_dir.is_dir() else []:
+            try:
+                schema = pq.read_schema(path)
+                present = [c for c in columns if c in schema.names]
+                rows.extend(pq.read_table(path, columns=present).to_pylist())
+            except (OSError, pa.ArrowException):
+                continue  # unreadable: scan() reports it
+        return rows
+
     def read_results(self) -> tuple[pa.Table | None, list[Path]]:
         """Every finished cell as one table, and the files that could not be read."""
         tables, unreadable = [], []
