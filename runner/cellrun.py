@@ -9,6 +9,7 @@ if it was interrupted before.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any
 from runner.cells import TRAINER_VERSION, Cell, canonical_json
 from runner.checkpoint import CellCheckpoints, CheckpointPolicy, StorageNotShared
 from runner.errors import DatasetError
+from runner.pinning import pinned_cores
 
 FAILURE_CLASSES = (
     "application",
@@ -79,7 +81,7 @@ def _weights_digest(model: Any) -> str:
 
 
 def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _failure(cell: Cell, error_class: str, exc: BaseException, started: float) -> dict[str, Any]:
@@ -106,19 +108,28 @@ def run_cell(
     data_root: str | None = None,
     download: bool | None = None,
     checkpoints: CheckpointPolicy | None = None,
+    pin_cores: int = 0,
 ) -> dict[str, Any]:
     """Train one cell and return {"status": "ok", "row": {...}} or a failure record, each with
     the `warnings` the driver should show (e.g. an ignored checkpoint).
 
     With `checkpoints`, the cell continues from its checkpoint if it has one, and saves one
-    every `checkpoints.every` epochs."""
+    every `checkpoints.every` epochs. With `pin_cores` > 0, all its threads run on that many
+    cores of their own (runner/pinning.py), recorded in the row."""
     started = time.perf_counter()
     started_at = _utc_now()
     cell = Cell.from_payload(payload)
     warnings: list[str] = []
     result: dict[str, Any]
     try:
-        row = _train_cell(cell, data_root, download, checkpoints, warnings, started, started_at)
+        pinning: contextlib.AbstractContextManager[list[int]] = (
+            pinned_cores(pin_cores) if pin_cores else contextlib.nullcontext([])
+        )
+        with pinning as cores:
+            if pin_cores and not cores:
+                warnings.append("no free core to pin this cell to: it ran unpinned")
+            row = _train_cell(cell, data_root, download, checkpoints, warnings, started, started_at)
+        row["pinned_cores"] = ",".join(map(str, cores))
         result = {"status": "ok", "row": row}
     except DatasetError as exc:
         result = _failure(cell, "data", exc, started)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import shlex
 import sys
 from collections import Counter
@@ -20,6 +22,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from runner.errors import CpusweepError
+from runner.estimate import Estimator, load_bench, longest_first, makespan
 from runner.grid import expand
 from runner.report import GridTable, format_stat, group_name
 from runner.spec import JobSpec, load_spec, parse_spec
@@ -89,6 +92,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         expansion = expand(spec)
         _print_warnings(expansion.warnings)
         plan = make_plan(expansion.cells, store.scan(), args.retry_failed)
+        # Longest cells first (estimated from finished cells where there are some).
+        plan.todo = longest_first(plan.todo, Estimator(store.finished_rows()))
         console.print(f"[bold]{spec.name}[/]: {_counts_line(plan)} → {store.root}")
         if not plan.todo:
             hint = " (re-run them with --retry-failed)" if plan.failed else ""
@@ -107,14 +112,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         data_root = str(root) if args.data_root else None
         checkpoints = prepare_checkpoints(store.root, spec.resources.checkpoint_every)
+        pin = math.ceil(spec.resources.cpus_per_cell) if spec.resources.pin_cores else 0
         executor: Executor
         if args.executor == "serial":
             executor = SerialExecutor(
-                data_root, download, spec.resources.torch_threads, checkpoints
+                data_root, download, spec.resources.torch_threads, checkpoints, pin_cores=pin
             )
         else:
             executor = RayExecutor(
-                spec.resources, args.address, args.cpus, data_root, download, checkpoints
+                spec.resources,
+                args.address,
+                args.cpus,
+                data_root,
+                download,
+                checkpoints,
+                pin_cores=pin,
             )
         try:
             console.print(f"Running on {executor.describe()}")
@@ -147,15 +159,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
 # --- plan ------------------------------------------------------------------------------------
 
 
+def _hours(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load_spec(args.job)
     store = ResultsStore(_results_dir(spec, args.results))
     plan = _plan_for(spec, store, retry_failed=False)
+    estimator = Estimator(store.finished_rows(), load_bench(args.bench) if args.bench else ())
+    estimates = {c.key: estimator.estimate(c) for c in plan.todo}
     done = {c.key for c in plan.done}
     failed = {c.key for c in plan.failed}
     table = Table(title=f"{spec.name}: {_counts_line(plan)}")
-    for column in ("#", "cell", "key", "state"):
-        table.add_column(column)
+    for column in ("#", "cell", "key", "state", "estimate"):
+        table.add_column(column, justify="right" if column == "estimate" else "left")
     shown = plan.cells if args.all else plan.cells[:50]
     for i, cell in enumerate(shown, start=1):
         state = (
@@ -165,7 +187,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             if cell.key in failed
             else "to run"
         )
-        table.add_row(str(i), cell.label(), cell.key, state)
+        seconds = estimates[cell.key].seconds if cell.key in estimates else None
+        table.add_row(
+            str(i), cell.label(), cell.key, state, "" if seconds is None else _hours(seconds)
+        )
     console.print(table)
     if len(shown) < len(plan.cells):
         console.print(f"... {len(plan.cells) - len(shown)} more (--all shows every cell)")
@@ -174,6 +199,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(
             "to run by method: " + ", ".join(f"{m} {n}" for m, n in sorted(by_method.items()))
         )
+    if plan.todo:
+        known = [e.seconds for e in estimates.values() if e.seconds is not None]
+        sources = Counter(e.source for e in estimates.values() if e.seconds is not None)
+        cpus = args.cpus or os.cpu_count() or 1
+        slots = max(1, int(cpus // spec.resources.cpus_per_cell))
+        if known:
+            cpu_hours = sum(known) * spec.resources.cpus_per_cell / 3600
+            console.print(
+                f"estimate for {len(known)} of {len(plan.todo)} cells to run: "
+                f"{cpu_hours:.2f} CPU-hours, about {_hours(makespan(known, slots))} of wall "
+                f"time on {slots} slot(s) ({cpus} CPUs), longest first; from "
+                + ", ".join(f"{source} ({n})" for source, n in sorted(sources.items()))
+            )
+        unknown = len(plan.todo) - len(known)
+        if unknown:
+            console.print(
+                f"{unknown} cell(s) have no estimate yet: finish a few cells of the same method "
+                "and batch size, or pass --bench FILE (from `python -m runner bench --json "
+                "FILE`)"
+            )
     console.print(f"results folder: {store.root}")
     return 0
 
@@ -449,8 +494,62 @@ def _csv(kind: type) -> Any:
     return parse
 
 
+def cmd_bench_sweep(args: argparse.Namespace) -> int:
+    """The runner's own throughput (and, with --pinning, timing spread with and without)."""
+    import json
+    import tempfile
+
+    from runner.bench import calibrate_epochs, sweep_bench
+
+    with console.status("calibrating the benchmark cell"):
+        epochs = calibrate_epochs(args.cell_seconds)
+    runs = []
+    for pin in (False, True) if args.pinning else (False,):
+        with (
+            tempfile.TemporaryDirectory() as folder,
+            console.status(f"sweep of {args.cells} cells ({epochs} epochs each), pinning {pin}"),
+        ):
+            runs.append(sweep_bench(args.cells, epochs, args.cpus, pin, folder))
+    table = Table(title="Sweep throughput on a local Ray (cells timed from inside)")
+    for column in (
+        "pinned",
+        "cells",
+        "slots",
+        "cell s",
+        "span s",
+        "utilization",
+        "overhead/cell s",
+        "of a 1-min cell",
+        "s/epoch CV",
+    ):
+        table.add_column(column, justify="right")
+    for r in runs:
+        table.add_row(
+            str(r.pinned),
+            str(r.cells),
+            str(r.slots),
+            f"{r.cell_seconds:.2f}",
+            f"{r.span_seconds:.1f}",
+            f"{r.utilization:.3f}",
+            f"{r.overhead_per_cell:.3f}",
+            f"{100 * r.overhead_per_cell / 60:.2f}%",
+            f"{100 * r.spread:.2f}%",
+        )
+    console.print(table)
+    console.print("targets: utilization >= 0.9; overhead per cell < 1% of a one-minute cell")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([r.as_json() for r in runs], indent=2) + "\n", encoding="utf-8"
+        )
+        console.print(f"Wrote {args.json}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
+
+    if args.sweep or args.pinning:
+        return cmd_bench_sweep(args)
 
     from methods.registry import METHODS
     from runner.bench import BenchConfig, machine, run_bench
@@ -565,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     p.add_argument("--results")
     p.add_argument("--all", action="store_true", help="list every cell")
+    p.add_argument("--bench", help="a `runner bench --json` file, for time estimates")
+    p.add_argument("--cpus", type=int, help="CPUs the sweep will have (default: this machine's)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("status", help="what a results folder holds: done, failed, to run")
@@ -607,6 +708,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="training examples per timed epoch at larger batches",
     )
     p.add_argument("--json", help="write the records to this file")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead: the runner's throughput on a sweep of short cells",
+    )
+    p.add_argument(
+        "--pinning",
+        action="store_true",
+        help="instead: that sweep with and without [resources] pin_cores",
+    )
+    p.add_argument("--cells", type=int, default=40, help="cells of the --sweep benchmark")
+    p.add_argument(
+        "--cell-seconds", type=float, default=5.0, help="about how long each --sweep cell trains"
+    )
+    p.add_argument("--cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="list and prepare datasets in the data root")

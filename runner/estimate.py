@@ -162,6 +162,12 @@ def _scaled(references: Sequence[_Reference], work: float) -> float:
     return best.seconds_per_example * work / best.work
 
 
+def longest_first(cells: Sequence[Cell], estimator: Estimator) -> list[Cell]:
+    """The cells, longest first (stable: ties keep the job's order), so that the last cells
+    to finish are short ones and no slot idles behind one long straggler."""
+    return sorted(cells, key=estimator.ordering_cost, reverse=True)
+
+
 def makespan(seconds: Sequence[float], slots: int) -> float:
     """Wall time of running these cells on `slots` parallel slots, longest first (LPT)."""
     loads = [0.0] * max(1, slots)

@@ -80,11 +80,13 @@ class SerialExecutor(Executor):
         download: bool | None,
         torch_threads: int,
         checkpoints: CheckpointPolicy | None = None,
+        pin_cores: int = 0,
     ):
         self._data_root = data_root
         self._download = download
         self._threads = torch_threads
         self._checkpoints = checkpoints
+        self._pin_cores = pin_cores
         self._pending: dict[int, dict[str, Any]] = {}
         self._next = 0
 
@@ -100,7 +102,13 @@ class SerialExecutor(Executor):
         for handle in handles:
             payload = self._pending.pop(handle, None)
             if payload is not None:
-                result = run_cell(payload, self._data_root, self._download, self._checkpoints)
+                result = run_cell(
+                    payload,
+                    self._data_root,
+                    self._download,
+                    self._checkpoints,
+                    pin_cores=self._pin_cores,
+                )
                 return [(handle, result)]
         return []
 
@@ -117,11 +125,12 @@ def _ray_entry(
     data_root: str | None,
     download: bool | None,
     checkpoints: CheckpointPolicy | None,
+    pin_cores: int = 0,
 ) -> Result:
     """The Ray task body: import lazily so the worker pays for torch once per process."""
     from runner.cellrun import run_cell
 
-    return run_cell(payload, data_root, download, checkpoints)
+    return run_cell(payload, data_root, download, checkpoints, pin_cores=pin_cores)
 
 
 def _classify_ray_error(exc: BaseException) -> str:
@@ -164,6 +173,7 @@ class RayExecutor(Executor):
         download: bool | None,
         checkpoints: CheckpointPolicy | None = None,
         max_retries: int = 3,
+        pin_cores: int = 0,
     ):
         try:
             import ray
@@ -176,6 +186,7 @@ class RayExecutor(Executor):
         self._data_root = data_root
         self._download = download
         self._checkpoints = checkpoints
+        self._pin_cores = pin_cores
         address = address or os.environ.get("RAY_ADDRESS") or None
         runtime_env = {
             "env_vars": thread_env(resources.torch_threads),
@@ -256,7 +267,9 @@ class RayExecutor(Executor):
             raise ExecutorError("; ".join(problems))
 
     def submit(self, payload: dict[str, Any]) -> Any:
-        handle = self._remote.remote(payload, self._data_root, self._download, self._checkpoints)
+        handle = self._remote.remote(
+            payload, self._data_root, self._download, self._checkpoints, self._pin_cores
+        )
         self._payloads[handle] = payload
         return handle
 

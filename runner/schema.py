@@ -75,6 +75,7 @@ MEASURED_COLUMNS = (
     "torch_interop_threads",
     "os_threads",
     "cpu_affinity",
+    "pinned_cores",
     "cpu_model",
     "omp_num_threads",
     "requested_torch_threads",

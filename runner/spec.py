@@ -124,6 +124,7 @@ class Resources:
     memory_gb: float = 2.0
     max_in_flight: int = 0  # cells submitted at once; 0 = twice the cluster's CPU slots
     checkpoint_every: int = 1  # epochs between a running cell's checkpoints; 0 = none
+    pin_cores: bool = False  # each running cell's threads on cores of its own
 
 
 RESOURCE_PARAMS: tuple[Param, ...] = (
@@ -152,6 +153,12 @@ RESOURCE_PARAMS: tuple[Param, ...] = (
         1,
         "save each running cell's state every N epochs, to resume it mid-way (0 = never)",
         minimum=0,
+    ),
+    Param(
+        "pin_cores",
+        bool,
+        False,
+        "pin each running cell (all its threads) to ceil(cpus_per_cell) cores of its own",
     ),
 )
 

@@ -209,13 +209,15 @@ class ResultsStore:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def finished_rows(self, columns: list[str]) -> list[dict[str, Any]]:
-        """The given columns (those present) of every readable finished cell."""
+    def finished_rows(
+        self, exclude: tuple[str, ...] = ("history", "confusion_matrix")
+    ) -> list[dict[str, Any]]:
+        """Every readable finished cell's row as a dict, without the bulky `exclude` columns."""
         rows: list[dict[str, Any]] = []
         for path in sorted(self.cells_dir.glob("*.parquet")) if self.cells_dir.is_dir() else []:
             try:
                 schema = pq.read_schema(path)
-                present = [c for c in columns if c in schema.names]
+                present = [c for c in schema.names if c not in exclude]
                 rows.extend(pq.read_table(path, columns=present).to_pylist())
             except (OSError, pa.ArrowException):
                 continue  # unreadable: scan() reports it

@@ -133,6 +133,7 @@ def test_pure_modules_import_without_torch_or_ray() -> None:
     code = textwrap.dedent("""
         import sys
         import runner.spec, runner.grid, runner.cells, runner.sweep, methods.registry
+        import runner.estimate
         import runner.datasets.registry
         heavy = [m for m in ("torch", "ray", "torchvision") if m in sys.modules]
         assert not heavy, heavy
