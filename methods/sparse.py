@@ -30,56 +30,68 @@ from torch import nn
 from methods.base import Architecture, MethodModel, TrainSettings, init_linear_
 
 
+@dataclass(frozen=True)
+class BlockIndex:
+    """Where a block lies in its parameter: rows and/or columns (None = all of them).
+
+    A block of both rows and columns is addressed through flat indices into the parameter
+    (rows x in_features + cols, computed once per step): one `index_select` / `index_copy_`
+    on the flattened tensor is several times faster than 2-D advanced indexing."""
+
+    shape: tuple[int, ...]  # the parameter's shape
+    rows: torch.Tensor | None  # (r,) sorted int64
+    cols: torch.Tensor | None  # (c,) sorted int64
+    flat: torch.Tensor | None = None  # (r * c,) when both rows and cols are given
+
+    @staticmethod
+    def of(
+        shape: tuple[int, ...], rows: torch.Tensor | None, cols: torch.Tensor | None
+    ) -> BlockIndex:
+        flat = None
+        if len(shape) == 2 and rows is not None and cols is not None:
+            flat = (rows.unsqueeze(1) * shape[1] + cols).view(-1)  # (r, 1) * in + (c,)
+        return BlockIndex(shape, rows, cols if len(shape) == 2 else None, flat)
+
+
+def gather(param: torch.Tensor, where: BlockIndex, lead: int = 0) -> torch.Tensor:
+    """The block of `param` as a new tensor; `lead` leading dimensions (Adam's two stacked
+    moments) come along whole."""
+    stacked = param.shape[:lead]
+    if where.flat is not None:
+        assert where.rows is not None and where.cols is not None
+        block = param.view(*stacked, -1).index_select(lead, where.flat)
+        return block.view(*stacked, len(where.rows), len(where.cols))
+    if where.rows is not None:
+        return param.index_select(lead, where.rows)
+    if where.cols is not None:
+        return param.index_select(lead + 1, where.cols)
+    return param.clone()
+
+
+def scatter_(param: torch.Tensor, where: BlockIndex, values: torch.Tensor, lead: int = 0) -> None:
+    """Write `values` into the block of `param` that `gather` reads, in place."""
+    stacked = param.shape[:lead]
+    if where.flat is not None:
+        param.view(*stacked, -1).index_copy_(lead, where.flat, values.reshape(*stacked, -1))
+    elif where.rows is not None:
+        param.index_copy_(lead, where.rows, values)
+    elif where.cols is not None:
+        param.index_copy_(lead + 1, where.cols, values)
+    else:
+        param.copy_(values)
+
+
 @dataclass
 class Block:
     """The part of a parameter one training step reads and updates."""
 
     param: torch.Tensor
-    rows: torch.Tensor | None  # (r,) sorted int64, or None for every row
-    cols: torch.Tensor | None  # (c,) sorted int64, or None for every column
+    where: BlockIndex
     leaf: torch.Tensor  # the gathered values; autograd puts the block's gradient here
 
     @property
     def numel(self) -> int:
         return self.leaf.numel()
-
-
-def _index(
-    param_dim: int, rows: torch.Tensor | None, cols: torch.Tensor | None, lead: int
-) -> tuple[Any, ...]:
-    """The indexing tuple for param[rows][:, cols] after `lead` leading dimensions."""
-    keep = (slice(None),) * lead
-    if param_dim - lead == 1:
-        return (*keep, rows if rows is not None else slice(None))
-    if rows is not None and cols is not None:
-        return (*keep, rows.unsqueeze(1), cols)  # (r, 1) x (c,) broadcast: one gather
-    if rows is not None:
-        return (*keep, rows)
-    return (*keep, slice(None), cols if cols is not None else slice(None))
-
-
-def gather(
-    param: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None, lead: int = 0
-) -> torch.Tensor:
-    """param[..., rows][..., :, cols] as a new tensor (rows/cols None = all; a 1-D parameter
-    uses rows); `lead` leading dimensions (e.g. Adam's stacked moments) are kept whole."""
-    if rows is None and cols is None:
-        return param.clone()
-    return param[_index(param.dim(), rows, cols, lead)]
-
-
-def scatter_(
-    param: torch.Tensor,
-    rows: torch.Tensor | None,
-    cols: torch.Tensor | None,
-    values: torch.Tensor,
-    lead: int = 0,
-) -> None:
-    """Write `values` into the block `gather` reads, in place."""
-    if rows is None and cols is None:
-        param.copy_(values)
-    else:
-        param[_index(param.dim(), rows, cols, lead)] = values
 
 
 class SparseMLP(MethodModel):
@@ -102,6 +114,11 @@ class SparseMLP(MethodModel):
             init_linear_(linear, generator)
             self.layers.append(linear)
         self.blocks: list[Block] = []  # what the last training step touched
+        # Plain lists (not registered again): slicing a ModuleList builds a new one per call.
+        self._hidden: list[nn.Linear] = [m for m in self.layers[:-1] if isinstance(m, nn.Linear)]
+        last = self.layers[-1]
+        assert isinstance(last, nn.Linear)
+        self._output: nn.Linear = last
         self._active_sum = [0.0] * arch.depth
         self._steps = 0
 
@@ -140,10 +157,9 @@ class SparseMLP(MethodModel):
         (B, |S_i|) and the active unit indices S_i."""
         h, prev = x, None
         trace = []
-        for i, layer in enumerate(self.layers[:-1]):
-            assert isinstance(layer, nn.Linear)
-            with torch.no_grad():
-                active, factor = self.active_for_layer(i, h.detach(), prev, record)
+        for i, layer in enumerate(self._hidden):
+            # Choosing works on detached values (and numpy): no autograd graph to avoid.
+            active, factor = self.active_for_layer(i, h.detach(), prev, record)
             w = self._block(layer.weight, active, prev, record)  # (|S_i|, |S_{i-1}|)
             b = self._block(layer.bias, active, None, record)  # (|S_i|,)
             h = F.relu(torch.addmm(b, h, w.t()))  # (B, |S_{i-1}|) @ (|S_{i-1}|, |S_i|)
@@ -162,22 +178,21 @@ class SparseMLP(MethodModel):
         cols: torch.Tensor | None,
         record: bool,
     ) -> torch.Tensor:
-        with torch.no_grad():
-            leaf = gather(param, rows, cols)
+        where = BlockIndex.of(tuple(param.shape), rows, cols)
+        leaf = gather(param.detach(), where)  # a copy of the block, outside any graph
         if record:  # a training step: autograd collects this block's gradient
             leaf.requires_grad_(True)
-            self.blocks.append(Block(param, rows, cols, leaf))
+            self.blocks.append(Block(param, where, leaf))
         return leaf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.dense_forward(x)
-        self.blocks = []
+        self.blocks.clear()
         self._steps += 1
         trace = self.sparse_hidden(x, record=True)
         h, prev = trace[-1]
-        out = self.layers[-1]
-        assert isinstance(out, nn.Linear)
+        out = self._output
         w = self._block(out.weight, None, prev, record=True)  # (classes, |S_last|)
         b = self._block(out.bias, None, None, record=True)
         return F.log_softmax(torch.addmm(b, h, w.t()), dim=1)  # (B, classes)
@@ -219,11 +234,11 @@ class SparseMLP(MethodModel):
 class LazyOptimizer:
     """SGD (with momentum) or Adam that updates only the blocks the last step touched.
 
-    The per-block arithmetic is torch.optim's own (same operations, so that with every unit
-    active the result is bit for bit dense SGD / Adam), done with `torch._foreach_*` over all
-    blocks of a step at once: at batch 1 the cost of a step is the number of operations, not
-    their size. Adam keeps both moments of a parameter in one (2, ...) tensor, so that one
-    gather and one scatter move both.
+    The per-block arithmetic is torch.optim's own, done over all blocks of a step at once
+    (`torch._foreach_*`, Adam's fused kernel): at batch 1 the cost of a step is the number
+    of operations and the memory it touches, not the arithmetic. With every unit active the
+    result is bit for bit dense SGD, and dense Adam up to rounding. Adam keeps a parameter's
+    two moments stacked in one (2, *shape) tensor: one gather and one scatter move both.
 
     It follows `torch.optim.Optimizer`'s protocol where the trainer and checkpoints use it:
     `zero_grad`, `step`, `state_dict`, `load_state_dict`.
@@ -270,18 +285,18 @@ class LazyOptimizer:
         else:
             self._sgd(blocks, grads, values)  # type: ignore[arg-type]
         for block, value in zip(blocks, values, strict=True):
-            scatter_(block.param, block.rows, block.cols, value)
+            scatter_(block.param, block.where, value)
 
     def _sgd(
         self, blocks: list[Block], grads: list[torch.Tensor], values: list[torch.Tensor]
     ) -> None:
         if self.momentum:
             full = [self.state[self._names[id(b.param)]] for b in blocks]
-            bufs = [gather(f, b.rows, b.cols) for f, b in zip(full, blocks, strict=True)]
+            bufs = [gather(f, b.where) for f, b in zip(full, blocks, strict=True)]
             torch._foreach_mul_(bufs, self.momentum)  # buf = momentum * buf + grad
             torch._foreach_add_(bufs, grads)
             for f, b, buf in zip(full, blocks, bufs, strict=True):
-                scatter_(f, b.rows, b.cols, buf)
+                scatter_(f, b.where, buf)
             grads = bufs
         torch._foreach_add_(values, grads, alpha=-self.lr)  # torch.optim.SGD's update
 
@@ -290,10 +305,42 @@ class LazyOptimizer:
     ) -> None:
         beta1, beta2 = self.betas
         full = [self.state[self._names[id(b.param)]] for b in blocks]
-        moments = [gather(f, b.rows, b.cols, lead=1) for f, b in zip(full, blocks, strict=True)]
-        m = [pair[0] for pair in moments]  # views into the gathered (2, ...) blocks
-        v = [pair[1] for pair in moments]
-        # torch.optim.Adam's arithmetic, step for step.
+        pairs = [gather(f, b.where, lead=1) for f, b in zip(full, blocks, strict=True)]
+        m = [pair[0] for pair in pairs]  # contiguous views into the gathered (2, ...) blocks
+        v = [pair[1] for pair in pairs]
+        if hasattr(torch, "_fused_adam_"):
+            # torch.optim.Adam(fused=True)'s kernel: one call for every block of the step
+            # (about 4x faster than the same arithmetic as separate foreach operations).
+            step = torch.tensor(float(self.step_count))
+            torch._fused_adam_(
+                values,
+                grads,
+                m,
+                v,
+                [],
+                [step] * len(values),
+                lr=self.lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
+            )
+        else:
+            self._adam_foreach(grads, values, m, v)
+        for f, b, pair in zip(full, blocks, pairs, strict=True):
+            scatter_(f, b.where, pair, lead=1)
+
+    def _adam_foreach(
+        self,
+        grads: list[torch.Tensor],
+        values: list[torch.Tensor],
+        m: list[torch.Tensor],
+        v: list[torch.Tensor],
+    ) -> None:
+        """torch.optim.Adam's single-tensor arithmetic, step for step, over every block."""
+        beta1, beta2 = self.betas
         torch._foreach_lerp_(m, grads, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
@@ -303,8 +350,6 @@ class LazyOptimizer:
         torch._foreach_div_(denom, bias2_sqrt)
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(values, m, denom, value=-self.lr / bias1)
-        for f, b, pair in zip(full, blocks, moments, strict=True):
-            scatter_(f, b.rows, b.cols, pair, lead=1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step_count": self.step_count, "state": dict(self.state)}

@@ -419,6 +419,8 @@ SPARSE_ACCESS = {
     "index.Tensor",
     "index_put_.default",
     "index_copy_.default",
+    "view.default",  # metadata only: a flat view to gather from or scatter into
+    "detach.default",  # metadata only: the weights, outside the autograd graph
 }
 
 
