@@ -38,7 +38,14 @@ import torch.nn.functional as F
 import torch.nn.grad
 from torch import nn
 
-from methods.base import Architecture, MethodModel, init_linear_
+from methods.base import (
+    Architecture,
+    MethodModel,
+    Optimizer,
+    TrainSettings,
+    init_linear_,
+    make_dense_optimizer,
+)
 
 PRODUCTS = ("forward", "grad_input", "grad_weight")
 
@@ -73,19 +80,43 @@ def keep_probabilities(
     return (k * share).clamp_(max=1.0)
 
 
-def sampled_matmul(
-    a: torch.Tensor, b: torch.Tensor, sampling: Sampling, generator: torch.Generator | None
-) -> tuple[torch.Tensor, int]:
-    """Unbiased estimate of a @ b ((N, n) @ (n, p)) by Bernoulli column-row sampling; returns
-    the estimate and the number of pairs kept."""
-    n = a.shape[1]
+def choose_pairs(
+    a_norms: torch.Tensor,
+    b_norms: torch.Tensor,
+    sampling: Sampling,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The kept pairs' indices and 1/p scales, or None when every pair is kept (k >= n)."""
+    n = a_norms.numel()
     k = sampling.pairs_to_keep(n)
     if k >= n:
-        return a @ b, n  # every pair kept: the exact product
+        return None
     # The probabilities are constants of the estimator, not part of what is differentiated.
-    p = keep_probabilities(a.detach().norm(dim=0), b.detach().norm(dim=1), k, sampling.uniform_mix)
+    p = keep_probabilities(a_norms.detach(), b_norms.detach(), k, sampling.uniform_mix)
     kept = (torch.rand(n, generator=generator, dtype=p.dtype) < p).nonzero().squeeze(1)
-    scale = p.index_select(0, kept).reciprocal()  # (c,)
+    return kept, p.index_select(0, kept).reciprocal()
+
+
+def sampled_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    sampling: Sampling,
+    generator: torch.Generator | None,
+    b_norms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Unbiased estimate of a @ b ((N, n) @ (n, p)) by Bernoulli column-row sampling; returns
+    the estimate and the number of pairs kept. `b_norms`: b's row norms, if already known."""
+    n = a.shape[1]
+    if sampling.pairs_to_keep(n) >= n:
+        return a @ b, n  # every pair kept: the exact product
+    chosen = choose_pairs(
+        a.detach().norm(dim=0),
+        b.detach().norm(dim=1) if b_norms is None else b_norms,
+        sampling,
+        generator,
+    )
+    assert chosen is not None
+    kept, scale = chosen  # (c,), (c,)
     a_kept = a.index_select(1, kept) * scale  # (N, c), scaled elementwise
     return a_kept @ b.index_select(0, kept), kept.numel()  # (N, c) @ (c, p)
 
@@ -97,23 +128,46 @@ class _BackwardSampledLinear(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: MCLinear
     ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+        out = torch.addmm(bias, x, weight.t())
+        ctx.save_for_backward(x, weight, bias, out)
         ctx.layer = layer
-        return torch.addmm(bias, x, weight.t())
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        x, weight = ctx.saved_tensors
+        x, weight, bias, out = ctx.saved_tensors
         layer: MCLinear = ctx.layer
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             # (B, out) @ (out, in): column-row pairs over the output units
-            grad_x, kept = sampled_matmul(grad_out, weight, layer.sampling, layer.generator)
-            layer.count("grad_input", kept)
+            units = grad_out.shape[1]
+            norms = (
+                None if layer.sampling.pairs_to_keep(units) >= units else layer.weight_row_norms()
+            )
+            grad_x, kept_pairs = sampled_matmul(
+                grad_out, weight, layer.sampling, layer.generator, b_norms=norms
+            )
+            layer.count("grad_input", kept_pairs)
         if ctx.needs_input_grad[1]:
             # (out, B) @ (B, in): column-row pairs over the examples of the batch
-            grad_w, kept = sampled_matmul(grad_out.t(), x, layer.sampling, layer.generator)
-            layer.count("grad_weight", kept)
+            batch = len(x)
+            chosen = (
+                None
+                if layer.sampling.pairs_to_keep(batch) >= batch  # e.g. batch 1: exact
+                else choose_pairs(
+                    grad_out.norm(dim=1), x.norm(dim=1), layer.sampling, layer.generator
+                )
+            )
+            if chosen is None:
+                coef, x_kept, z_kept = grad_out, x, out - bias  # every example
+            else:
+                kept, scale = chosen
+                coef = grad_out.index_select(0, kept) * scale.unsqueeze(1)  # (c, out)
+                x_kept = x.index_select(0, kept)  # (c, in)
+                z_kept = out.index_select(0, kept) - bias  # (c, out): W x of those examples
+            grad_w = coef.t() @ x_kept  # (out, c) @ (c, in)
+            layer.count("grad_weight", len(x_kept))
+            layer.note_weight_gradient(coef, x_kept, z_kept)
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=0)
         return grad_x, grad_w, grad_b, None
@@ -140,6 +194,9 @@ class _PairCounter:
 class MCLinear(nn.Linear, _PairCounter):
     """A linear layer whose training-time products are sampled; exact in evaluation."""
 
+    row_sq: torch.Tensor
+    tracked_steps: torch.Tensor
+
     def __init__(
         self,
         fan_in: int,
@@ -153,6 +210,51 @@ class MCLinear(nn.Linear, _PairCounter):
         self.sampling = sampling
         self.generator = generator
         self.reset_counts()
+        # Squared norms of the weight rows, for Eq. 8's probabilities of the input gradient,
+        # kept up to date through plain SGD steps instead of re-reading the whole matrix
+        # every step (see `note_weight_gradient`); buffers, so a checkpoint carries them.
+        self.register_buffer("row_sq", torch.zeros(fan_out, dtype=torch.float64))
+        self.register_buffer("tracked_steps", torch.tensor(-1))  # -1: row_sq not valid
+        self.track_norms = False  # set by the optimizer when its steps are plain SGD
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def weight_row_norms(self) -> torch.Tensor:
+        """|W[i, :]| for every output unit: exact, or tracked through SGD steps."""
+        if not self.track_norms:
+            return self.weight.detach().norm(dim=1)
+        if int(self.tracked_steps) < 0:
+            self.row_sq.copy_(self.weight.detach().double().pow(2).sum(dim=1))
+            self.tracked_steps.fill_(0)
+        return self.row_sq.clamp(min=0).sqrt().float()
+
+    def note_weight_gradient(
+        self, coef: torch.Tensor, x_kept: torch.Tensor, z_kept: torch.Tensor
+    ) -> None:
+        """Remember what the coming SGD step W <- W - lr G does to the row norms, for the
+        weight gradient G = coef^T x_kept:  |W_i - lr G_i|^2 = |W_i|^2 - 2 lr W_i.G_i +
+        lr^2 |G_i|^2, with W_i.G_i = sum_b coef[b, i] (W x_b)_i (z_kept: the forward pass's
+        pre-activations minus the bias) and |G_i|^2 = coef_i^T (x_kept x_kept^T) coef_i, all
+        O(out x kept) instead of O(out x in)."""
+        if not self.track_norms:
+            return
+        coef64, x64 = coef.double(), x_kept.double()
+        w_dot_g = (coef64 * z_kept.double()).sum(dim=0)  # (out,)
+        gram = x64 @ x64.t()  # (c, c)
+        g_sq = (coef64 * (gram @ coef64)).sum(dim=0)  # (out,)
+        self._pending = (w_dot_g, g_sq)
+
+    def after_sgd_step(self, lr: float, refresh_every: int) -> None:
+        """Apply the pending SGD step to the tracked norms; re-read the weights exactly every
+        `refresh_every` steps, so rounding never accumulates for long."""
+        if self._pending is None or int(self.tracked_steps) < 0:
+            self._pending = None
+            return
+        w_dot_g, g_sq = self._pending
+        self.row_sq.add_(w_dot_g, alpha=-2 * lr).add_(g_sq, alpha=lr * lr)
+        self._pending = None
+        self.tracked_steps += 1
+        if int(self.tracked_steps) >= refresh_every:
+            self.tracked_steps.fill_(-1)
 
     def sampled_forward(self, x: torch.Tensor, record: bool) -> torch.Tensor:
         # (B, in) @ (in, out): column-row pairs over the input features
@@ -278,6 +380,30 @@ class MCConv2d(nn.Conv2d, _PairCounter):
         return out
 
 
+class NormTrackingSGD:
+    """Plain SGD that tells each layer its step happened, so the layer's tracked weight-row
+    norms follow the weights (`MCLinear.note_weight_gradient`)."""
+
+    REFRESH_EVERY = 1000  # steps between exact re-reads of the norms
+
+    def __init__(self, sgd: torch.optim.Optimizer, layers: list[MCLinear], lr: float):
+        self.sgd, self.layers, self.lr = sgd, layers, lr
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.sgd.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.sgd.step()
+        for layer in self.layers:
+            layer.after_sgd_step(self.lr, self.REFRESH_EVERY)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sgd.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sgd.load_state_dict(state)
+
+
 class MCApprox(MethodModel):
     def __init__(
         self,
@@ -301,6 +427,20 @@ class MCApprox(MethodModel):
         for layer in self.layers[:-1]:
             h = F.relu(layer(h))
         return F.log_softmax(self.layers[-1](h), dim=1)
+
+    def make_optimizer(self, settings: TrainSettings) -> Optimizer:
+        optimizer = make_dense_optimizer(self.parameters(), settings)
+        linears = [m for m in self.layers if isinstance(m, MCLinear)]
+        if self.mode != "backward" or settings.optimizer != "sgd" or settings.momentum:
+            return optimizer  # norms are read from the weights at every step
+        for layer in linears:
+            layer.track_norms = True
+        return NormTrackingSGD(optimizer, linears, settings.lr)
+
+    def end_epoch(self) -> None:
+        for layer in self.layers:
+            if isinstance(layer, MCLinear):
+                layer.tracked_steps.fill_(-1)  # an exact re-read at the start of each epoch
 
     def epoch_stats(self) -> dict[str, float]:
         stats = {}

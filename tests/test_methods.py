@@ -479,3 +479,41 @@ def test_drawing_no_pair_gives_a_zero_estimate_not_an_error() -> None:
     assert shapes == {(2, 6, 5, 5)}
     stats = forward_conv.take_stats()
     assert stats["forward"] < 1.5
+
+
+@pytest.mark.parametrize("batch_size", [1, 20])
+def test_tracked_weight_norms_follow_the_weights(batch_size: int) -> None:
+    """With plain SGD, MC-APPROX keeps each layer's weight-row norms up to date through the
+    steps (instead of re-reading every matrix every step): they must equal the exact norms."""
+    arch = Architecture(in_features=30, width=64, depth=2, classes=5)
+    model = build("mc_approx", arch)
+    settings = TrainSettings(lr=0.05, optimizer="sgd", momentum=0.0, batch_size=batch_size)
+    g = gen(3)
+    x = torch.randn(300 * batch_size, 30, generator=g)
+    y = torch.randint(0, 5, (300 * batch_size,), generator=g)
+    opt = model.make_optimizer(settings)
+    model.train()
+    layers = [m for m in model.layers if isinstance(m, mc_approx.MCLinear)]
+    assert all(layer.track_norms for layer in layers)
+    for step in range(300):
+        batch = slice(step * batch_size, (step + 1) * batch_size)
+        loss = F.nll_loss(model(x[batch]), y[batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    # The first layer's input gradient is never needed, nor is the output layer's sampled
+    # (5 units, k = 10): the hidden layer in between is the one whose norms are used.
+    used = [layer for layer in layers if int(layer.tracked_steps) >= 0]
+    assert len(used) == 1 and int(used[0].tracked_steps) == 300  # no re-read in between
+    exact = used[0].weight.detach().double().norm(dim=1)
+    torch.testing.assert_close(used[0].row_sq.sqrt(), exact, rtol=1e-6, atol=1e-9)
+    initial = build("mc_approx", arch).layers[1].weight.detach().double().norm(dim=1)
+    assert float((exact - initial).abs().max()) > 1e-3  # the weights did move
+    # Adam, momentum or forward mode: norms are read exactly at every step instead.
+    for other in (
+        TrainSettings(lr=0.01, optimizer="adam", momentum=0.0, batch_size=1),
+        TrainSettings(lr=0.01, optimizer="sgd", momentum=0.9, batch_size=1),
+    ):
+        fresh = build("mc_approx", arch)
+        fresh.make_optimizer(other)
+        assert not any(m.track_norms for m in fresh.layers if isinstance(m, mc_approx.MCLinear))
