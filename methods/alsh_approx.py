@@ -86,9 +86,22 @@ class LayerTables:
         """(N, K*L) booleans -> (N, L) bucket numbers."""
         return (bits.reshape(len(bits), self.L, self.K) * self._powers).sum(axis=2)
 
+    def projections(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """P([w; b]) @ planes for every unit, (n, K*L), without building P: the same sums,
+        term by term, sparing a copy of the whole weight matrix at every rebuild."""
+        norms = (weight.norm(dim=1).square_() + bias.pow(2)).sqrt_()  # |[w; b]|, (n,)
+        largest = float(norms.max())
+        scale = self.U / largest if largest > 0 else 1.0
+        planes = self.planes
+        dots = (weight @ planes[: self.fan_in]).addr_(bias, planes[self.fan_in])  # [w; b] part
+        dots.mul_(scale)
+        scaled = norms * scale
+        for i in range(self.m):  # the m norm terms |w|^2, |w|^4, ..., |w|^(2^m)
+            dots.addr_(scaled ** (2 ** (i + 1)), planes[self.fan_in + 1 + i])
+        return dots
+
     def rebuild(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        transformed = transform_p(weight, bias, self.m, self.U)  # (n, fan_in + 1 + m)
-        codes = self.signatures((transformed @ self.planes > 0).numpy())  # (n, L)
+        codes = self.signatures((self.projections(weight, bias) > 0).numpy())  # (n, L)
         for t in range(self.L):
             self.members[t] = np.argsort(codes[:, t], kind="stable")
             counts = np.bincount(codes[:, t], minlength=2**self.K)

@@ -313,6 +313,18 @@ def test_asymmetric_transforms_match_the_formulas() -> None:
     torch.testing.assert_close(q, torch.tensor([[3 / norm, 0.0, 1 / norm, 0.5, 0.5]]))
 
 
+def test_table_projections_equal_hashing_the_transformed_weights() -> None:
+    tables = alsh_approx.LayerTables(12, 30, K=6, L=5, m=3, U=0.83, generator=gen(2))
+    weight, bias = torch.randn(30, 12, generator=gen(4)), torch.randn(30, generator=gen(5))
+    expected = alsh_approx.transform_p(weight, bias, m=3, U=0.83) @ tables.planes
+    torch.testing.assert_close(tables.projections(weight, bias), expected)
+    tables.rebuild(weight, bias)
+    codes = tables.signatures((expected > 0).numpy())
+    for t in range(5):  # every unit sits in the bucket of its own signature
+        for unit in range(30):
+            assert unit in tables.bucket(t, int(codes[unit, t]))
+
+
 def test_query_signature_equals_hashing_the_full_transformed_vector() -> None:
     """The sparse query (only the previous layer's active inputs) hashes exactly like
     Q([a; 1]) of the full, mostly zero, input vector."""
