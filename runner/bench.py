@@ -53,7 +53,7 @@ class BenchConfig:
     classes: int = 10
     examples_batch1: int = 1000  # training examples in a timed epoch at batch 1
     examples_batched: int = 10000  # ... at larger batch sizes
-    repeats: int = 3
+    repeats: int = 4  # even: half the repeats run in reverse order
     lr: float = 1e-3
     seed: int = 0
 
@@ -279,34 +279,26 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         for depth in config.depths:
             optimizers = sorted({PAPER_OPTIMIZER.get(m, "sgd") for m in config.methods} | {"sgd"})
             runs: dict[str, list[Timing]] = {}
+            # Every run of a repeat, in one list: even repeats run it forwards, odd ones
+            # backwards, so that no method always runs right after the same other one
+            # (an ABBA order: drift over time cancels out of the ratios).
+            todo: list[tuple[str, str]] = [("plain", opt) for opt in optimizers]
+            todo += [
+                ("standard", opt)
+                for opt in optimizers
+                if "standard" not in config.methods or opt != "sgd"
+            ]
+            todo += [(method, PAPER_OPTIMIZER.get(method, "sgd")) for method in config.methods]
             for repeat in range(config.repeats):
-                for opt in optimizers:
-                    say(f"b{batch_size} d{depth} repeat {repeat + 1}: plain loop ({opt})")
-                    runs.setdefault(f"plain/{opt}", []).append(
+                for name, opt in todo if repeat % 2 == 0 else reversed(todo):
+                    say(f"b{batch_size} d{depth} repeat {repeat + 1}: {name} ({opt})")
+                    timing = (
                         plain_epoch(
                             splits, depth, config.width, batch_size, opt, config.lr, config.seed
                         )
-                    )
-                    if "standard" not in config.methods or opt != "sgd":
-                        say(f"b{batch_size} d{depth} repeat {repeat + 1}: standard ({opt})")
-                        runs.setdefault(f"standard/{opt}", []).append(
-                            method_epoch(
-                                "standard",
-                                splits,
-                                depth,
-                                config.width,
-                                batch_size,
-                                opt,
-                                config.lr,
-                                config.seed,
-                            )
-                        )
-                for method in config.methods:
-                    opt = PAPER_OPTIMIZER.get(method, "sgd")
-                    say(f"b{batch_size} d{depth} repeat {repeat + 1}: {method} ({opt})")
-                    runs.setdefault(f"{method}/{opt}", []).append(
-                        method_epoch(
-                            method,
+                        if name == "plain"
+                        else method_epoch(
+                            name,
                             splits,
                             depth,
                             config.width,
@@ -316,6 +308,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                             config.seed,
                         )
                     )
+                    runs.setdefault(f"{name}/{opt}", []).append(timing)
             for method in config.methods:
                 opt = PAPER_OPTIMIZER.get(method, "sgd")
                 mine = runs[f"{method}/{opt}"]

@@ -694,7 +694,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", type=_csv(int), default=[3, 7], help="comma-separated")
     p.add_argument("--batch-sizes", type=_csv(int), default=[1, 20], help="comma-separated")
     p.add_argument("--width", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=4,
+        help="timed repeats, alternately in forward and reverse order",
+    )
     p.add_argument(
         "--examples-batch1",
         type=int,

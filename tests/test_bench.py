@@ -1,0 +1,107 @@
+"""The benchmark command's behaviour (what it measures and writes), never its speed: timing
+assertions would fail on a shared, noisy machine. Speed is read from `runner bench` itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.bench import BenchConfig, run_bench
+from runner.cli import main
+
+REQUIRED = (
+    "method",
+    "batch_size",
+    "depth",
+    "seconds_per_epoch",
+    "ratio_vs_plain",
+    "ratio_vs_standard",
+)
+
+
+def test_bench_records_every_case_with_ratios_and_targets() -> None:
+    config = BenchConfig(
+        methods=("standard", "dropout", "alsh_approx"),
+        depths=(1,),
+        batch_sizes=(1, 20),
+        width=32,
+        examples_batch1=40,
+        examples_batched=200,
+        repeats=2,
+    )
+    seen: list[str] = []
+    records = run_bench(config, progress=seen.append)
+    assert [(r.method, r.batch_size) for r in records] == [
+        ("standard", 1),
+        ("dropout", 1),
+        ("alsh_approx", 1),
+        ("standard", 20),
+        ("dropout", 20),
+        ("alsh_approx", 20),
+    ]
+    by = {(r.method, r.batch_size): r for r in records}
+    assert by[("standard", 1)].ratio_vs_standard == 1.0  # its own yardstick
+    assert by[("alsh_approx", 1)].optimizer == "adam"  # the paper's optimizer for it
+    assert by[("dropout", 1)].target == "<= 0.30x standard"
+    assert by[("dropout", 1)].target_met is not None
+    for r in records:
+        assert r.seconds > 0 and r.seconds_per_epoch == pytest.approx(
+            r.seconds * 55000 / r.examples
+        )
+        assert sum(r.phase_share.values()) == pytest.approx(1.0, abs=0.05)
+    # Plain loop, STANDARD with Adam (ALSH's same-optimizer yardstick), and the methods,
+    # each timed every repeat, half of them in reverse order.
+    assert sum("plain" in s for s in seen) == 2 * 2 * 2  # 2 optimizers x 2 batch x 2 repeats
+
+
+def test_bench_cli_writes_the_json_records(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert (
+        main(
+            [
+                "bench",
+                "--methods",
+                "standard,mc_approx",
+                "--depths",
+                "1",
+                "--batch-sizes",
+                "20",
+                "--width",
+                "16",
+                "--examples-batched",
+                "100",
+                "--repeats",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    payload = json.loads(out.read_text())
+    assert payload["machine"]["torch_threads"] == 1
+    assert [r["method"] for r in payload["records"]] == ["standard", "mc_approx"]
+    for record in payload["records"]:
+        for key in REQUIRED:
+            assert key in record
+
+
+def test_bench_rejects_unknown_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--methods", "standard,fastest"]) == 2
+    assert "unknown method(s) fastest" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_bench_measures_utilization_and_overhead(tmp_path: Path) -> None:
+    from runner.bench import sweep_bench
+
+    result = sweep_bench(cells=4, epochs=1, cpus=2, pin=True, results_dir=tmp_path / "r")
+    assert result.cells == 4 and result.slots == 2 and result.pinned
+    assert 0 < result.utilization <= 1.0 + 1e-9
+    assert result.span_seconds > 0 and result.cell_seconds > 0
+    assert result.overhead_per_cell == pytest.approx(
+        (result.span_seconds * 2 - result.cell_seconds * 4) / 4
+    )
