@@ -98,11 +98,18 @@ def cli_env(**extra: str) -> dict[str, str]:
 class Driver:
     """`python -m runner ARGS` in a session of its own, output to a log file."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], log: Path):
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        log: Path,
+        runner: list[str] | None = None,
+    ):
         self.log = log
         self._out = open(log, "w")  # noqa: SIM115 - closed by finish()/kill()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner", *args],
+            [*(runner or [sys.executable, "-m", "runner"]), *args],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -139,11 +146,16 @@ class Driver:
 
 
 def run_cli(
-    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = DEADLINE
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = DEADLINE,
+    runner: list[str] | None = None,
 ) -> tuple[int, str]:
-    """Run `python -m runner ARGS` to its end; (exit code, stdout and stderr together)."""
-    driver = Driver(args, cwd, env or cli_env(), cwd / f"cli-{time.monotonic_ns()}.log")
-    return driver.finish(timeout)
+    """Run `python -m runner ARGS` (or `runner ARGS`) to its end; (exit code, stdout and
+    stderr together)."""
+    log = cwd / f"cli-{time.monotonic_ns()}.log"
+    return Driver(args, cwd, env or cli_env(), log, runner).finish(timeout)
 
 
 def wait_for(condition, what: str, driver: Driver | None = None, timeout: float = DEADLINE):  # type: ignore[no-untyped-def]
