@@ -150,8 +150,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         f"{summary.seconds:.1f} s. Results: {escape(str(store.root))}"
     )
     if summary.interrupted:
+        stopped = (
+            f" {summary.stopped} cell(s) in flight were stopped, not failed: they run again "
+            "on the next submit, from their last checkpoint if they have one."
+            if summary.stopped
+            else ""
+        )
         console.print(
-            f"[yellow]Interrupted.[/] Every finished cell is saved. Resume with:\n"
+            f"[yellow]Interrupted.[/] Every finished cell is saved.{stopped} Resume with:\n"
             f"  {escape(_resume_command())}"
         )
         return 130
