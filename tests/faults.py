@@ -90,7 +90,7 @@ def assert_complete(results: Path, expected: set[str]) -> None:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), **extra)
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -179,12 +179,20 @@ def inject(folder: Path, code: str) -> str:
     return f"{folder}{os.pathsep}{REPO}"
 
 
-# Makes `methods.build` raise for cells of a given width, in whatever process builds them: an
-# error in the training code, as a bug in a method would raise it.
-RAISE_AT_WIDTH = """
-    import importlib.abc, importlib.machinery, os, sys
+# Makes `methods.build` fail for cells of given widths, in whatever process builds them (Ray
+# workers included): CPUSWEEP_TEST_FAULTS="17:raise,18:kill" raises at width 17 (an error in
+# the training code, as a bug in a method would raise it) and SIGKILLs its own process at width
+# 18 (as a crash in native code would end it).
+FAULTY_BUILD = """
+    import importlib.abc, importlib.machinery, os, signal, sys
 
-    WIDTH = int(os.environ["CPUSWEEP_TEST_RAISE_AT_WIDTH"])
+    FAULTS = {
+        int(width): what
+        for width, what in (
+            item.split(":") for item in os.environ.get("CPUSWEEP_TEST_FAULTS", "").split(",")
+            if item
+        )
+    }
 
     class _Wrap(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
@@ -199,8 +207,11 @@ RAISE_AT_WIDTH = """
                 real_build = module.build
 
                 def build(name, arch, *args, **kwargs):
-                    if arch.width == WIDTH:
-                        raise ValueError(f"injected bug at width {WIDTH} [/not markup]")
+                    fault = FAULTS.get(arch.width)
+                    if fault == "raise":
+                        raise ValueError(f"injected bug at width {arch.width} [/not markup]")
+                    if fault == "kill":
+                        os.kill(os.getpid(), signal.SIGKILL)
                     return real_build(name, arch, *args, **kwargs)
 
                 module.build = build

@@ -206,28 +206,3 @@ def test_what_a_driver_killed_mid_write_leaves_is_cleared(tmp_path: Path) -> Non
     assert_complete(results, job_keys(job))
     for k, data in results_before.items():
         assert (results / "cells" / f"{k}.parquet").read_bytes() == data
-
-
-def test_sigterm_stops_cleanly_and_cells_in_flight_are_not_failures(tmp_path: Path) -> None:
-    """`kill` (SIGTERM), like Ctrl-C, stops the sweep cleanly: the running cell is left to do
-    with its checkpoint, not recorded as failed or cancelled, and the user is told."""
-    job = long_job(tmp_path, "sigterm", seeds=[0, 1], epochs=4)
-    results = tmp_path / "results"
-    args = ["submit", str(job), "--results", str(results), "--executor", "serial"]
-    driver = Driver(args, tmp_path, cli_env(), tmp_path / "driver.log")
-    try:
-        saved = wait_for(lambda: running_checkpoint(results, min_epoch=1), "a checkpoint", driver)
-        driver.process.send_signal(signal.SIGTERM)
-    finally:
-        code, output = driver.finish()
-    assert code == 130, output
-    assert "Interrupted." in output and "were stopped, not failed" in output
-    assert f"python -m runner submit {job}" in output  # the command to resume
-    assert not list((results / "failed").glob("*.json"))
-    assert (results / "checkpoints" / f"{saved['key']}.pt").exists()
-
-    code, output = run_cli(args, cwd=tmp_path)
-    assert code == 0, output
-    assert_complete(results, job_keys(job))
-    rows = pd.read_parquet(results / "cells").set_index("cell_key")
-    assert rows.loc[saved["key"], "resumes"] == 1
