@@ -52,10 +52,10 @@ def _plan_for(spec: JobSpec, store: ResultsStore, retry_failed: bool) -> SweepPl
     expansion = expand(spec)
     _print_warnings(expansion.warnings)
     ledger = store.scan()
-    if ledger.corrupt:
-        listing = escape(", ".join(str(p) for p in ledger.corrupt))
+    for path, problem in ledger.corrupt.items():
         err_console.print(
-            f"[yellow]warning:[/] unreadable result files (counted as not done): {listing}"
+            f"[yellow]warning:[/] unreadable result file {escape(str(path))}: "
+            f"{escape(problem)} (counted as not done)"
         )
     return make_plan(expansion.cells, ledger, retry_failed)
 
@@ -110,7 +110,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         expansion = expand(spec)
         _print_warnings(expansion.warnings)
         plan = make_plan(expansion.cells, store.scan(), args.retry_failed)
-        console.print(f"[bold]{spec.name}[/]: {_counts_line(plan)} → {escape(str(store.root))}")
+        console.print(f"[bold]{spec.name}[/]: {_counts_line(plan)} → {store.root}")
         if not plan.todo:
             hint = " (re-run them with --retry-failed)" if plan.failed else ""
             console.print(f"Nothing to run{hint}.")
@@ -192,7 +192,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             if cell.key in failed
             else "to run"
         )
-        table.add_row(str(i), escape(cell.label()), cell.key, state)
+        table.add_row(str(i), cell.label(), cell.key, state)
     console.print(table)
     if len(shown) < len(plan.cells):
         console.print(f"... {len(plan.cells) - len(shown)} more (--all shows every cell)")
@@ -201,7 +201,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(
             "to run by method: " + ", ".join(f"{m} {n}" for m, n in sorted(by_method.items()))
         )
-    console.print(f"results folder: {escape(str(store.root))}")
+    console.print(f"results folder: {store.root}")
     return 0
 
 

@@ -205,20 +205,28 @@ class ResultsStore:
     def failure_path(self, key: str) -> Path:
         return self.failed_dir / f"{key}.json"
 
+    def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+        """read_result(), remembering the files found whole (see _check)."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise UnreadableResult(f"cannot be read: {exc.strerror}") from None
+        table = read_result(path, columns)
+        self._checked[path.name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return table
+
     def _check(self, path: Path) -> str | None:
         """Why a result file does not count, or None when it is whole."""
         try:
             stat = path.stat()
         except OSError as exc:
             return f"cannot be read: {exc.strerror}"
-        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if self._checked.get(path.name) == signature:
+        if self._checked.get(path.name) == (stat.st_ino, stat.st_size, stat.st_mtime_ns):
             return None
         try:
-            read_result(path, columns=["cell_key"])
+            self._read(path, columns=["cell_key"])
         except UnreadableResult as exc:
             return str(exc)
-        self._checked[path.name] = signature
         return None
 
     def scan(self) -> Ledger:
@@ -307,9 +315,11 @@ class ResultsStore:
         rows: list[dict[str, Any]] = []
         for path in sorted(self.cells_dir.glob("*.parquet")) if self.cells_dir.is_dir() else []:
             try:
-                rows.extend(read_result(path, columns).to_pylist())
-            except UnreadableResult:
-                continue  # scan() reports it
+                schema = pq.read_schema(path)
+                present = [c for c in columns if c in schema.names]
+                rows.extend(pq.read_table(path, columns=present).to_pylist())
+            except (OSError, pa.ArrowException):
+                continue  # unreadable: scan() reports it
         return rows
 
     def read_results(self) -> tuple[pa.Table | None, list[Path]]:
@@ -317,7 +327,7 @@ class ResultsStore:
         tables, unreadable = [], []
         for path in sorted(self.cells_dir.glob("*.parquet")) if self.cells_dir.is_dir() else []:
             try:
-                tables.append(read_result(path).replace_schema_metadata(None))
+                tables.append(self._read(path).replace_schema_metadata(None))
             except UnreadableResult:
                 unreadable.append(path)
         if not tables:
