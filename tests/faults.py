@@ -182,7 +182,8 @@ def inject(folder: Path, code: str) -> str:
 # Makes `methods.build` fail for cells of given widths, in whatever process builds them (Ray
 # workers included): CPUSWEEP_TEST_FAULTS="17:raise,18:kill" raises at width 17 (an error in
 # the training code, as a bug in a method would raise it) and SIGKILLs its own process at width
-# 18 (as a crash in native code would end it).
+# 18 (as a crash in native code would end it). With CPUSWEEP_TEST_FAULTS_LOG set, each fault
+# appends "width what pid" to that file first: how many times a cell was tried.
 FAULTY_BUILD = """
     import importlib.abc, importlib.machinery, os, signal, sys
 
@@ -208,6 +209,9 @@ FAULTY_BUILD = """
 
                 def build(name, arch, *args, **kwargs):
                     fault = FAULTS.get(arch.width)
+                    if fault and os.environ.get("CPUSWEEP_TEST_FAULTS_LOG"):
+                        with open(os.environ["CPUSWEEP_TEST_FAULTS_LOG"], "a") as log:
+                            log.write(f"{arch.width} {fault} {os.getpid()}\\n")
                     if fault == "raise":
                         raise ValueError(f"injected bug at width {arch.width} [/not markup]")
                     if fault == "kill":

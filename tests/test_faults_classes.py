@@ -58,6 +58,7 @@ def test_failure_classes_from_real_workers_in_status_and_report(
     results = tmp_path / "results"
     env = cli_env(PYTHONPATH=inject(tmp_path / "inject", FAULTY_BUILD))
     env["CPUSWEEP_TEST_FAULTS"] = "17:raise,18:kill"
+    env["CPUSWEEP_TEST_FAULTS_LOG"] = str(tmp_path / "faults.log")
     args = ["submit", str(job), "--results", str(results), "--cpus", "2"]
     driver = Driver(args, tmp_path, env, tmp_path / "driver.log")
     try:
@@ -80,6 +81,12 @@ def test_failure_classes_from_real_workers_in_status_and_report(
     crash = records[18]
     assert crash["error_class"] == "worker_crash", crash
     assert crash["error_type"] == "WorkerCrashedError"
+    # Tries, each by a process of its own: the raising cell once (an error in the code is a
+    # result, not retried), the crashing one 1 + Ray's 3 retries.
+    tries = [line.split() for line in (tmp_path / "faults.log").read_text().splitlines()]
+    assert len([t for t in tries if t[0] == "17"]) == 1
+    crashes = [t for t in tries if t[0] == "18"]
+    assert len(crashes) == 4 and len({pid for _, _, pid in crashes}) == 4
     # The message reached the terminal literally, markup-like text included.
     assert "injected bug at width 17 [/not markup]" in output.replace("\n", "")
 
