@@ -36,8 +36,6 @@ FAILURE_HINTS: dict[str, str] = {
     "unknown": "the failure record itself is unreadable; re-run with --retry-failed.",
 }
 
-FAILURE_CLASSES = tuple(FAILURE_HINTS)
-
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for a failed allocation: Python's MemoryError (numpy's too), and torch's, which is

@@ -124,10 +124,11 @@ def read_result(path: Path, columns: list[str] | None = None) -> pa.Table:
         raise UnreadableResult("not a Parquet file: truncated, or something else")
     try:
         table = pq.read_table(path, page_checksum_verification=True)
-    except (OSError, pa.ArrowException) as exc:
-        raise UnreadableResult(f"damaged: {exc}") from None
-    stored = (table.schema.metadata or {}).get(_DIGEST_KEY)
-    if stored is not None and stored.decode("ascii", "replace") != _content_digest(table):
+        stored = (table.schema.metadata or {}).get(_DIGEST_KEY)
+        digest = _content_digest(table) if stored is not None else None
+    except Exception as exc:  # whatever a damaged file makes the reader raise
+        raise UnreadableResult(f"damaged: {type(exc).__name__}: {exc}") from None
+    if stored is not None and stored.decode("ascii", "replace") != digest:
         raise UnreadableResult("damaged: its content does not match the digest stored in it")
     if table.num_rows != 1:
         raise UnreadableResult(f"{table.num_rows} rows where one cell's result has one")
