@@ -156,3 +156,21 @@ def test_a_damaged_checkpoint_is_never_resumed_from(
     [clean] = pd.read_parquet(reference / "cells").to_dict("records")
     assert row["weights_sha256"] == clean["weights_sha256"]
     assert_complete(results, {key})
+
+
+def test_status_survives_a_job_file_that_no_longer_expands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A results folder whose job.toml names something this code no longer has (a dataset
+    renamed, say): status says so and still shows what the folder holds."""
+    job = digits_job(tmp_path / "j.toml", "renamed", seeds=[0])
+    results = tmp_path / "results"
+    assert main(["submit", str(job), "--results", str(results), "--executor", "serial"]) == 0
+    saved = results / "job.toml"
+    saved.write_text(saved.read_text().replace('"digits"', '"digits_v0"'))
+    capsys.readouterr()
+    assert main(["status", str(results)]) == 0
+    captured = capsys.readouterr()
+    assert "does not expand with this version of the code" in captured.err
+    assert "'digits_v0' is not one of the valid choices" in captured.err.replace("\n", "")
+    assert "1 done, 0 failed" in captured.out
