@@ -26,16 +26,8 @@ from typing import Any
 from runner.cells import TRAINER_VERSION, Cell, canonical_json
 from runner.checkpoint import CellCheckpoints, CheckpointPolicy, StorageNotShared
 from runner.errors import DatasetError
+from runner.failures import is_out_of_memory
 from runner.pinning import pinned_cores
-
-FAILURE_CLASSES = (
-    "application",
-    "data",
-    "storage",  # the worker cannot see the results folder it must checkpoint into
-    "out_of_memory",
-    "worker_crash",
-    "cancelled",
-)
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -135,10 +127,10 @@ def run_cell(
         result = _failure(cell, "data", exc, started)
     except StorageNotShared as exc:
         result = _failure(cell, "storage", exc, started)
-    except MemoryError as exc:
-        result = _failure(cell, "out_of_memory", exc, started)
-    except Exception as exc:
-        result = _failure(cell, "application", exc, started)
+    except Exception as exc:  # failure classes: runner/failures.py
+        result = _failure(
+            cell, "out_of_memory" if is_out_of_memory(exc) else "application", exc, started
+        )
     result["warnings"] = warnings
     return result
 

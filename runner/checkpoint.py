@@ -6,7 +6,8 @@ continues from its last checkpoint, on any node, and ends bit-identical to an un
     DIR/checkpoints/.sweep-token    written by the driver: proves a worker sees the same folder
 
 A checkpoint holds tensors and plain lists and dicts of numbers and strings only, and is read
-with `torch.load(weights_only=True)`: loading one never runs code. It names the cell it
+with `torch.load(weights_only=True)`, after the CRC of each of its records is checked: loading
+one never runs code, and a damaged one is never used. It names the cell it
 belongs to (the cell's full identity, the format, the torch version); one that does not match,
 or cannot be read, is reported and ignored, and the cell starts from scratch. Files are written
 atomically (temporary name, fsync, rename), so a crash mid-write leaves the previous checkpoint.
@@ -24,6 +25,7 @@ import logging
 import os
 import secrets
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,6 +186,13 @@ class CellCheckpoints:
 
         if not self.path.exists():
             return None
+        damage = _damage(self.path)
+        if damage:
+            self._warn(
+                f"ignored the unreadable checkpoint {self.path} ({damage}); the cell starts "
+                "from scratch"
+            )
+            return None
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # any reason at all: an unreadable file is never trusted
@@ -247,6 +256,20 @@ class CellCheckpoints:
                 self._warn(f"could not write its checkpoint {self.path} ({exc}); training goes on")
             self._save_failed = True
         self.save_seconds += time.perf_counter() - t0
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint's bytes, or None. torch.save writes a zip archive with
+    a CRC-32 per record, but torch.load does not check them: a damaged tensor would load
+    silently and the cell would continue from wrong weights. So every record is checked."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # not a zip at all, truncated, unreadable
+        return f"not a whole checkpoint file: {type(exc).__name__}: {exc}"
+    if bad is not None:
+        return f"damaged: its record {bad} fails its CRC check"
+    return None
 
 
 def _gist(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ missing data, unusable results folder, Ray unreachable); 130 interrupted (resuma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from runner.errors import CpusweepError
@@ -26,7 +28,7 @@ from runner.estimate import Estimator, load_bench, longest_first, makespan
 from runner.grid import expand
 from runner.report import GridTable, format_stat, group_name
 from runner.spec import JobSpec, load_spec, parse_spec
-from runner.store import ResultsStore
+from runner.store import Ledger, ResultsStore
 from runner.sweep import SweepPlan, make_plan
 
 # Piped output (CI logs, files) gets wide lines rather than tables squeezed to 80 columns.
@@ -46,17 +48,17 @@ def _resume_command() -> str:
 
 def _print_warnings(warnings: list[str]) -> None:
     for warning in warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def _plan_for(spec: JobSpec, store: ResultsStore, retry_failed: bool) -> SweepPlan:
     expansion = expand(spec)
     _print_warnings(expansion.warnings)
     ledger = store.scan()
-    if ledger.corrupt:
-        listing = ", ".join(p.name for p in ledger.corrupt)
+    for path, problem in ledger.corrupt.items():
         err_console.print(
-            f"[yellow]warning:[/] unreadable result files (counted as not done): {listing}"
+            f"[yellow]warning:[/] unreadable result file {escape(str(path))}: "
+            f"{escape(problem)} (counted as not done)"
         )
     return make_plan(expansion.cells, ledger, retry_failed)
 
@@ -71,6 +73,23 @@ def _counts_line(plan: SweepPlan) -> str:
 # --- submit ----------------------------------------------------------------------------------
 
 
+def _tidy(store: ResultsStore, ledger: Ledger) -> None:
+    """Clear what an earlier submit killed mid-write left: temporary files, and failure
+    records and checkpoints of cells whose result was stored just before it died."""
+    from runner.checkpoint import checkpoints_dir, discard_checkpoint
+
+    removed = store.tidy(ledger)
+    folder = checkpoints_dir(store.root)
+    stale = [p.stem for p in folder.glob("*.pt") if p.stem in ledger.done]
+    removed += [folder / f"{key}.pt" for key in stale if discard_checkpoint(store.root, key)]
+    for path in folder.glob(".*.tmp"):  # no cell runs yet: a cell's temporary file is stale
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    for path in removed:
+        log.info("removed %s, left by an interrupted submit", path)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from runner.checkpoint import prepare_checkpoints
     from runner.datasets.locations import downloads_allowed, resolve_data_root
@@ -83,12 +102,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     store.prepare()
     with store.lock():
         ledger = store.scan()
+        _tidy(store, ledger)
         if ledger.corrupt:
             moved = store.quarantine(ledger.corrupt)
-            err_console.print(
-                f"[yellow]warning:[/] {len(moved)} unreadable result file(s) "
-                f"moved to {store.root / 'quarantine'}; those cells will re-run"
-            )
+            for (path, problem), target in zip(ledger.corrupt.items(), moved, strict=True):
+                err_console.print(
+                    f"[yellow]warning:[/] {escape(str(path))} is unreadable ({escape(problem)}): "
+                    f"moved to {escape(str(target))}; that cell will run again"
+                )
         expansion = expand(spec)
         _print_warnings(expansion.warnings)
         plan = make_plan(expansion.cells, store.scan(), args.retry_failed)
@@ -129,7 +150,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 pin_cores=pin,
             )
         try:
-            console.print(f"Running on {executor.describe()}")
+            console.print(f"Running on {escape(executor.describe())}")
             with RichProgress(console) as progress:
                 summary = run_sweep(plan, store, executor, spec.resources.max_in_flight, progress)
         finally:
@@ -138,21 +159,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
     failed_total = len(store.scan().failed.keys() & {c.key for c in plan.cells})
     console.print(
         f"{len(summary.finished)} cell(s) finished, {len(summary.failed)} failed in "
-        f"{summary.seconds:.1f} s. Results: {store.root}"
+        f"{summary.seconds:.1f} s. Results: {escape(str(store.root))}"
     )
     if summary.interrupted:
+        stopped = (
+            f" {summary.stopped} cell(s) in flight were stopped, not failed: they run again "
+            "on the next submit, from their last checkpoint if they have one."
+            if summary.stopped
+            else ""
+        )
         console.print(
-            f"[yellow]Interrupted.[/] Every finished cell is saved. Resume with:\n"
-            f"  {_resume_command()}"
+            f"[yellow]Interrupted.[/] Every finished cell is saved.{stopped} Resume with:\n"
+            f"  {escape(_resume_command())}"
         )
         return 130
     if failed_total:
         console.print(
             f"{failed_total} cell(s) failed; see `python -m runner status "
-            f"{store.root}`, fix, then re-run with --retry-failed."
+            f"{escape(str(store.root))}`, fix, then re-run with --retry-failed."
         )
         return 1
-    console.print(f"Next: python -m runner report {store.root}")
+    console.print(f"Next: python -m runner report {escape(str(store.root))}")
     return 0
 
 
@@ -227,43 +254,65 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from runner.checkpoint import checkpoints_dir
+    from runner.failures import FAILURE_HINTS, class_counts
+
     store = ResultsStore(args.results_dir)
     if not store.root.is_dir():
         raise CpusweepError(f"{store.root} is not a results folder (it does not exist)")
     ledger = store.scan()
+    root = escape(str(store.root))
     text = store.job_text()
+    cells = None
     if text is not None:
-        spec = parse_spec(text, str(store.root / "job.toml"))
-        plan = make_plan(expand(spec).cells, ledger, retry_failed=False)
-        console.print(f"[bold]{spec.name}[/] ({store.root}): {_counts_line(plan)}")
+        try:
+            spec = parse_spec(text, str(store.root / "job.toml"))
+            cells = expand(spec).cells
+        except CpusweepError as exc:  # e.g. a dataset renamed since: say so, show the rest
+            err_console.print(
+                "[yellow]warning:[/] the job file does not expand with this version of the "
+                f"code: {escape(str(exc))}"
+            )
+    if cells is not None:
+        plan = make_plan(cells, ledger, retry_failed=False)
+        console.print(f"[bold]{spec.name}[/] ({root}): {_counts_line(plan)}")
         extra = len(ledger.done - {c.key for c in plan.cells})
         if extra:
             console.print(f"{extra} finished cell(s) from earlier versions of the job file")
     else:
         console.print(
-            f"{store.root}: {len(ledger.done)} done, {len(ledger.failed)} failed "
-            "(no job.toml: nothing is known about cells still to run)"
+            f"{root}: {len(ledger.done)} done, {len(ledger.failed)} failed "
+            "(cells still to run are unknown without a job file that expands)"
         )
-    if ledger.corrupt:
+    resumable = [p for p in checkpoints_dir(store.root).glob("*.pt") if p.stem not in ledger.done]
+    if resumable:
         console.print(
-            f"[yellow]{len(ledger.corrupt)} unreadable result file(s)[/]: "
-            + ", ".join(p.name for p in ledger.corrupt)
+            f"{len(resumable)} unfinished cell(s) have a checkpoint: the next submit continues "
+            "them from it"
+        )
+    for path, problem in ledger.corrupt.items():
+        console.print(
+            f"[yellow]unreadable result file[/] {escape(str(path))}: {escape(problem)} "
+            "(counted as not done; the next submit moves it to quarantine/ and runs the cell)"
         )
     if ledger.failed:
-        classes = Counter(f.get("error_class", "unknown") for f in ledger.failed.values())
-        console.print(
-            "failures by class: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items()))
+        counts = class_counts(
+            [str(f.get("error_class", "unknown")) for f in ledger.failed.values()]
         )
+        console.print("failures by class: " + ", ".join(f"{k} {n}" for k, n in counts))
+        for name, _ in counts:
+            hint = FAILURE_HINTS.get(name, "see the records below")
+            console.print(f"  [bold]{escape(name)}[/]: {escape(hint)}")
         table = Table(title="failed cells")
         for column in ("cell", "class", "error", "record"):
             table.add_column(column, overflow="fold")
         for key, failure in sorted(ledger.failed.items()):
             message = str(failure.get("message", "")).strip().splitlines()
             table.add_row(
-                str(failure.get("label", key)),
-                str(failure.get("error_class")),
-                f"{failure.get('error_type', '')}: {message[0] if message else ''}",
-                str(store.failure_path(key)),
+                escape(str(failure.get("label", key))),
+                escape(str(failure.get("error_class"))),
+                escape(f"{failure.get('error_type', '')}: {message[0] if message else ''}"),
+                escape(str(store.failure_path(key))),
             )
         console.print(table)
     return 0
@@ -353,9 +402,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = build_report(args.results_dir, args.out, compare_paper=args.compare_paper)
     data, analysis = report.data, report.analysis
     for path in data.unreadable:
-        err_console.print(f"[yellow]warning:[/] unreadable result file skipped: {path}")
+        err_console.print(
+            f"[yellow]warning:[/] unreadable result file skipped: {escape(str(path))}"
+        )
     if data.job_problem:
-        err_console.print(f"[yellow]warning:[/] {data.job_problem}")
+        err_console.print(f"[yellow]warning:[/] {escape(data.job_problem)}")
     if data.expected is not None:
         in_job = {c.key for c in data.expected}
         console.print(
@@ -363,7 +414,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{sum(f.in_job for f in data.failed)} failed, {len(data.missing)} missing"
         )
     if analysis.cells.empty:
-        console.print(f"No finished cells in {args.results_dir} yet.")
+        console.print(f"No finished cells in {escape(str(args.results_dir))} yet.")
     else:
         console.print(_summary_table(analysis.summary, len(analysis.cells)))
         for grid in [*analysis.accuracy, *analysis.timing, *analysis.depth]:
@@ -380,19 +431,27 @@ def cmd_report(args: argparse.Namespace) -> int:
                 f"{len(report.unmatched)} published number(s) have no matching cells here."
             )
     if data.missing:
-        shown = ", ".join(c.label() for c in data.missing[:10])
+        shown = escape(", ".join(c.label() for c in data.missing[:10]))
         more = f" ... and {len(data.missing) - 10} more" if len(data.missing) > 10 else ""
         console.print(f"[yellow]{len(data.missing)} missing cell(s)[/]: {shown}{more}")
     if data.failed:
+        from runner.failures import class_counts
+
+        counts = class_counts([f.error_class for f in data.failed])
+        console.print("failures by class: " + escape(", ".join(f"{k} {n}" for k, n in counts)))
         console.print(
             f"[red]{len(data.failed)} failed cell(s)[/]: "
-            + ", ".join(f"{f.label} ({f.error_class})" for f in data.failed[:10])
+            + escape(", ".join(f"{f.label} ({f.error_class})" for f in data.failed[:10]))
             + (f" ... and {len(data.failed) - 10} more" if len(data.failed) > 10 else "")
         )
     if report.cells_path is not None:
-        console.print(f"Wrote {report.cells_path} and {report.epochs_path}")
-        console.print(f"{len(report.figures)} figure(s) in {report.out_dir / 'figures'}")
-    console.print(f"Page: {report.page_path}")
+        console.print(
+            f"Wrote {escape(str(report.cells_path))} and {escape(str(report.epochs_path))}"
+        )
+        console.print(
+            f"{len(report.figures)} figure(s) in {escape(str(report.out_dir / 'figures'))}"
+        )
+    console.print(f"Page: {escape(str(report.page_path))}")
     return 0
 
 
@@ -406,7 +465,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
     root = resolve_data_root(args.data_root)
     entries = inventory(root)
-    console.print(f"[bold]Official files in {root}[/]")
+    console.print(f"[bold]Official files in {escape(str(root))}[/]")
     for entry in entries:
         present = [f for f in entry.files if f.bytes is not None]
         if not entry.files:
@@ -417,11 +476,11 @@ def cmd_data_list(args: argparse.Namespace) -> int:
         for f in entry.files:  # lines, not a table: paths and sha256 must never be folded
             shown = f.path.relative_to(root)
             if f.bytes is None:
-                console.print(f"  [red]missing[/] {shown}")
+                console.print(f"  [red]missing[/] {escape(str(shown))}")
             else:
-                console.print(f"  {shown}  {human_size(f.bytes)}  sha256 {f.sha256}")
+                console.print(f"  {escape(str(shown))}  {human_size(f.bytes)}  sha256 {f.sha256}")
 
-    prepared = Table(title=f"prepared splits in {root / 'prepared'}")
+    prepared = Table(title=f"prepared splits in {escape(str(root / 'prepared'))}")
     for column in ("dataset", "version", "split seed", "train / val / test", "size", "mean / std"):
         prepared.add_column(column)
     prepared.add_column("state", overflow="fold")
@@ -435,7 +494,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
                 " / ".join(str(sizes.get(s, "?")) for s in ("train", "val", "test")),
                 human_size(p.bytes),
                 "-" if p.norm_mean is None else f"{p.norm_mean:.4f} / {p.norm_std:.4f}",
-                "[green]ok[/]" if p.problem is None else f"[yellow]{p.problem}[/]",
+                "[green]ok[/]" if p.problem is None else f"[yellow]{escape(p.problem)}[/]",
             )
     if prepared.row_count:
         console.print(prepared)
@@ -474,7 +533,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         console.print(
             f"[green]{name}[/]: {sizes['train']} / {sizes['val']} / {sizes['test']} "
             f"(train / val / test, split seed {args.split_seed}), {human_size(stored)}, "
-            f"mean {splits.norm_mean:.4f} std {splits.norm_std:.4f} -> {where}"
+            f"mean {splits.norm_mean:.4f} std {splits.norm_std:.4f} -> {escape(where)}"
         )
     if failures:
         raise DatasetError("\n".join(failures))
@@ -625,7 +684,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "records": [r.as_json() for r in records],
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        console.print(f"Wrote {args.json}")
+        console.print(f"Wrote {escape(str(args.json))}")
     return 0
 
 
@@ -761,8 +820,8 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except CpusweepError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         return 2
     except KeyboardInterrupt:
-        err_console.print(f"[yellow]Interrupted.[/] Resume with: {_resume_command()}")
+        err_console.print(f"[yellow]Interrupted.[/] Resume with: {escape(_resume_command())}")
         return 130

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -161,6 +162,23 @@ def _connection_hint(exc: BaseException) -> str:
     return "Check the address and that the cluster is up (ray status)."
 
 
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> None:
+    """Make the local Ray that is about to start listen on 127.0.0.1 only.
+
+    On Linux, Ray binds its servers (GCS, raylet, workers, agents) to every interface and the
+    machine's address unless this variable is "0" (it is how Ray keeps Windows and macOS
+    instances private). Each Ray process reads it once, when it imports Ray: the variable is
+    set for the processes Ray is about to start, and this process's copy of the flag is
+    corrected in case Ray was imported before. An explicit setting by the user is kept."""
+    os.environ.setdefault(_LOOPBACK_ENV, "0")
+    constants: Any = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        constants.ENABLE_RAY_CLUSTER = os.environ[_LOOPBACK_ENV].lower() in ("1", "true")
+
+
 class RayExecutor(Executor):
     """One cell = one Ray task with the job's num_cpus and memory, and enforced threads."""
 
@@ -175,6 +193,12 @@ class RayExecutor(Executor):
         max_retries: int = 3,
         pin_cores: int = 0,
     ):
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if not address:
+            _loopback_only()
+        # The owner of a task (this driver) decides how often an out-of-memory kill is retried
+        # (Ray's default: forever); once is enough to ride out a passing memory spike.
+        os.environ.setdefault("RAY_task_oom_retries", "1")
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - ray is a dependency
@@ -187,7 +211,6 @@ class RayExecutor(Executor):
         self._download = download
         self._checkpoints = checkpoints
         self._pin_cores = pin_cores
-        address = address or os.environ.get("RAY_ADDRESS") or None
         runtime_env = {
             "env_vars": thread_env(resources.torch_threads),
             "worker_process_setup_hook": "runner.threads.worker_setup_hook",
@@ -204,10 +227,6 @@ class RayExecutor(Executor):
                 )
                 self._where = f"Ray cluster at {address}"
             else:
-                # A local Ray listens on loopback only (Ray would otherwise pick the machine's
-                # network address), and an out-of-memory kill is retried once, not forever.
-                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-                os.environ.setdefault("RAY_task_oom_retries", "1")
                 ray.init(
                     # A new private instance, even when `ray start` left one running here.
                     address="local",
@@ -219,7 +238,12 @@ class RayExecutor(Executor):
                     logging_level=logging.ERROR,
                     log_to_driver=False,
                 )
-                self._where = "local Ray (loopback only)"
+                public = os.environ[_LOOPBACK_ENV].lower() in ("1", "true")
+                self._where = (
+                    f"local Ray (every interface: {_LOOPBACK_ENV} is set)"
+                    if public
+                    else "local Ray (loopback only)"
+                )
         except ExecutorError:
             raise
         except Exception as exc:

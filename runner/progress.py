@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -80,8 +81,9 @@ class RichProgress(SweepListener):
         self.done += 1
         self.cell_seconds.append(float(row.get("wall_seconds", 0.0)))
         diverged = " [yellow](loss diverged)[/]" if row.get("diverged") else ""
+        label = escape(f"{cell.label():40s}")
         self.console.print(
-            f"[green]✓[/] {cell.label():40s} test {row['test_accuracy']:.4f}{diverged}  "
+            f"[green]✓[/] {label} test {row['test_accuracy']:.4f}{diverged}  "
             f"{row['seconds_per_epoch']:.2f} s/epoch  threads {row['torch_threads']}  "
             f"[dim]{cell.key}[/]",
             highlight=False,
@@ -92,9 +94,9 @@ class RichProgress(SweepListener):
         self.failed += 1
         message = str(failure.get("message", "")).strip().splitlines()
         first = message[0][:120] if message else ""
+        what = f"{failure.get('error_class')}: {failure.get('error_type')}: {first}"
         self.console.print(
-            f"[red]✗[/] {cell.label():40s} {failure.get('error_class')}: "
-            f"{failure.get('error_type')}: {first}  [dim]{cell.key}[/]",
+            f"[red]✗[/] {escape(f'{cell.label():40s}')} {escape(what)}  [dim]{cell.key}[/]",
             highlight=False,
         )
         self._refresh()

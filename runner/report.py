@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -846,10 +847,16 @@ def build_report(
 
     data = load_sweep(results_dir)
     out = Path(out_dir) if out_dir else data.root / "report"
-    try:
+    try:  # before anything is computed: a folder that cannot take the report says so now
         out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
     except OSError as exc:
-        raise ResultsError(f"cannot create the report folder {out}: {exc}") from None
+        raise ResultsError(
+            f"cannot write the report to {out} ({exc.strerror or exc}); write it elsewhere "
+            "with --out DIR"
+        ) from None
     analysis = analyse(data)
     report = Report(out, None, None, None, data, analysis)
     if data.table is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from runner.failures import FAILURE_HINTS, class_counts
 from runner.report import GridTable, Stat, format_stat, group_name
 from runner.store import atomic_write_bytes
 
@@ -285,9 +286,13 @@ def render_page(report: Report) -> str:
     if data.failed:
         lines += [
             f"{len(data.failed)} cell(s) failed (records under `failed/`; "
-            "`python -m runner status` shows them):",
+            "`python -m runner status` shows them). By class, and what to do:",
             "",
         ]
+        for name, count in class_counts([f.error_class for f in data.failed]):
+            hint = FAILURE_HINTS.get(name, "see the records")
+            lines.append(f"- **{name}** ({count}): {hint}")
+        lines.append("")
         lines += markdown_table(
             ["cell", "class", "error", "in this job file"],
             [

@@ -41,6 +41,7 @@ final cell. A method hyperparameter is named `<method>.<param>` everywhere (in `
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -193,6 +194,15 @@ def param_for(flat_name: str) -> Param | None:
     return SHARED.get(flat_name)
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _k(key: str) -> str:
+    """A key as the user wrote it, quoted when it would not read as one in a message (empty,
+    or with spaces, colons, quotes or control characters in it)."""
+    return key if _PLAIN_KEY.fullmatch(key) else json.dumps(key)
+
+
 def _valid_names_hint() -> str:
     return "valid: " + ", ".join(SHARED) + " (and a table per method: " + ", ".join(METHODS) + ")"
 
@@ -224,13 +234,13 @@ def _flatten(table: Mapping[str, Any], where: str, out: _Collector) -> dict[str,
         if isinstance(value, dict):
             if key not in METHODS:
                 out.add(
-                    f"{where}.{key}: a table here must be named after a method "
+                    f"{where}.{_k(key)}: a table here must be named after a method "
                     f"({', '.join(METHODS)}), got {key!r}"
                 )
                 continue
             for hyper, hv in value.items():
                 if isinstance(hv, dict):
-                    out.add(f"{where}.{key}.{hyper}: nested tables are not allowed here")
+                    out.add(f"{where}.{_k(key)}.{_k(hyper)}: nested tables are not allowed here")
                     continue
                 flat[f"{key}.{hyper}"] = hv
         else:
@@ -257,13 +267,13 @@ def _parse_where(table: Any, where: str, out: _Collector) -> dict[str, list[Any]
         return {}
     clause: dict[str, list[Any]] = {}
     for flat, value in _flatten(table, where, out).items():
-        if not _check_name(flat, f"{where}.{flat}", out):
+        if not _check_name(flat, f"{where}.{_k(flat)}", out):
             continue
         values = value if isinstance(value, list) else [value]
         if not values:
-            out.add(f"{where}.{flat}: an empty list matches nothing")
+            out.add(f"{where}.{_k(flat)}: an empty list matches nothing")
             continue
-        clause[flat] = [out.check_value(flat, v, f"{where}.{flat}") for v in values]
+        clause[flat] = [out.check_value(flat, v, f"{where}.{_k(flat)}") for v in values]
     return clause
 
 
@@ -278,7 +288,7 @@ def _parse_resources(table: Any, out: _Collector) -> Resources:
     for key, value in table.items():
         param = known.get(key)
         if param is None:
-            out.add(f"resources.{key}: unknown key; valid: {', '.join(known)}")
+            out.add(f"resources.{_k(key)}: unknown key; valid: {', '.join(known)}")
             continue
         problem = param.problem(value, f"resources.{key}")
         out.add(problem)
@@ -298,7 +308,7 @@ def parse_spec(text: str, source: str = "<job>") -> JobSpec:
     for key in doc:
         if key not in _TOP_LEVEL:
             hint = " (did you mean [params]?)" if key in SHARED else ""
-            out.add(f"{key}: unknown top-level key{hint}; valid: {', '.join(_TOP_LEVEL)}")
+            out.add(f"{_k(key)}: unknown top-level key{hint}; valid: {', '.join(_TOP_LEVEL)}")
 
     name = doc.get("name")
     if name is None:
@@ -320,7 +330,7 @@ def parse_spec(text: str, source: str = "<job>") -> JobSpec:
         out.add("grid: expected a table of axis = [values]")
         grid = {}
     for flat, values in _flatten(grid, "grid", out).items():
-        where = f"grid.{flat}"
+        where = f"grid.{_k(flat)}"
         if not _check_name(flat, where, out):
             continue
         if not isinstance(values, list):
@@ -344,7 +354,7 @@ def parse_spec(text: str, source: str = "<job>") -> JobSpec:
         out.add("params: expected a table of name = value")
         raw_params = {}
     for key, value in raw_params.items():
-        where = f"params.{key}"
+        where = f"params.{_k(key)}"
         if isinstance(value, dict):
             out.add(f"{where}: method hyperparameters go in a [methods.{key}] table")
             continue
@@ -360,19 +370,19 @@ def parse_spec(text: str, source: str = "<job>") -> JobSpec:
         raw_methods = {}
     for method, table in raw_methods.items():
         if method not in METHODS:
-            out.add(f"methods.{method}: unknown method; valid: {', '.join(METHODS)}")
+            out.add(f"methods.{_k(method)}: unknown method; valid: {', '.join(METHODS)}")
             continue
         if not isinstance(table, dict):
             out.add(f"methods.{method}: expected a table of hyperparameter = value")
             continue
         for hyper, value in table.items():
             flat = f"{method}.{hyper}"
-            if not _check_name(flat, f"methods.{flat}", out):
+            if not _check_name(flat, f"methods.{_k(flat)}", out):
                 continue
             if isinstance(value, list):
-                out.add(f"methods.{flat}: to sweep it, use [grid.{method}] {hyper} = [...]")
+                out.add(f"methods.{_k(flat)}: to sweep it, use [grid.{method}] {_k(hyper)} = [...]")
                 continue
-            params[flat] = out.check_value(flat, value, f"methods.{flat}")
+            params[flat] = out.check_value(flat, value, f"methods.{_k(flat)}")
 
     for flat in set(axes) & set(params):
         out.add(f"{flat}: set both as an axis in [grid] and as a scalar; keep one")
@@ -395,7 +405,7 @@ def parse_spec(text: str, source: str = "<job>") -> JobSpec:
             continue
         for key in entry:
             if key not in ("where", "set"):
-                out.add(f"{where}.{key}: unknown key; an override has `where` and `set`")
+                out.add(f"{where}.{_k(key)}: unknown key; an override has `where` and `set`")
         clause = _parse_where(entry.get("where"), f"{where}.where", out)
         raw_set = entry.get("set")
         changes: dict[str, Any] = {}
@@ -403,15 +413,15 @@ def parse_spec(text: str, source: str = "<job>") -> JobSpec:
             out.add(f"{where}.set: expected a non-empty table of parameter = value")
         else:
             for flat, value in _flatten(raw_set, f"{where}.set", out).items():
-                if not _check_name(flat, f"{where}.set.{flat}", out):
+                if not _check_name(flat, f"{where}.set.{_k(flat)}", out):
                     continue
                 if flat in _NOT_OVERRIDABLE:
                     out.add(
-                        f"{where}.set.{flat}: an override cannot change what is trained; "
+                        f"{where}.set.{_k(flat)}: an override cannot change what is trained; "
                         "use [grid] or [[exclude]]"
                     )
                     continue
-                changes[flat] = out.check_value(flat, value, f"{where}.set.{flat}")
+                changes[flat] = out.check_value(flat, value, f"{where}.set.{_k(flat)}")
         overrides.append(Override(where=clause, set=changes))
 
     excludes: list[dict[str, list[Any]]] = []

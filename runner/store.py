@@ -11,6 +11,10 @@
 Every file is written to a temporary name in the same folder, flushed to disk, then renamed:
 a crash leaves either the old state or the new one, never half a file. Only the driver
 writes here; workers send their rows back to it.
+
+A result file counts as done only if it reads back whole: a Parquet file (each page with its
+CRC) of exactly one row, about the cell its name says, whose content matches the sha256 stored
+in it when it was written. A truncated, damaged or misplaced file is reported, never counted.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,8 @@ from runner.schema import row_to_table
 log = logging.getLogger("cpusweep")
 
 _PARQUET_MAGIC = b"PAR1"
+_DIGEST_KEY = b"cpusweep.row_sha256"
+_TEMP_SUFFIX = ".tmp"
 
 
 @dataclass
@@ -46,7 +52,7 @@ class Ledger:
 
     done: set[str] = field(default_factory=set)
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)
-    corrupt: list[Path] = field(default_factory=list)
+    corrupt: dict[Path, str] = field(default_factory=dict)  # unreadable result file -> why
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,15 +65,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _explain_os_error(exc: OSError, path: Path) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"the disk holding {path} is full; free space and re-run the same command"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"the disk holding {path} is full ({exc.strerror}); free space and re-run the same "
+            "command: every finished cell is kept"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{path} is not writable ({exc.strerror}); fix its permissions or pick --results"
     return f"cannot write {path}: {exc}"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -82,7 +91,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def looks_like_parquet(path: Path) -> bool:
-    """Cheap integrity check: size, and the magic bytes at both ends."""
+    """Cheap first check: size, and the magic bytes at both ends."""
     try:
         size = path.stat().st_size
         if size < 12:
@@ -96,11 +105,49 @@ def looks_like_parquet(path: Path) -> bool:
         return False
 
 
+def _content_digest(table: pa.Table) -> str:
+    """sha256 of a table's column names and values (JSON tells 1 from 1.0), independent of
+    how Parquet stored them."""
+    text = json.dumps(table.to_pylist(), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class UnreadableResult(Exception):
+    """A result file that cannot count as its cell's result; the message says why."""
+
+
+def read_result(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A result file's row, checked whole (see the module docstring), or UnreadableResult.
+
+    Files written before rows carried a digest are checked for everything else."""
+    if not looks_like_parquet(path):
+        raise UnreadableResult("not a Parquet file: truncated, or something else")
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+        stored = (table.schema.metadata or {}).get(_DIGEST_KEY)
+        digest = _content_digest(table) if stored is not None else None
+    except Exception as exc:  # whatever a damaged file makes the reader raise
+        raise UnreadableResult(f"damaged: {type(exc).__name__}: {exc}") from None
+    if stored is not None and stored.decode("ascii", "replace") != digest:
+        raise UnreadableResult("damaged: its content does not match the digest stored in it")
+    if table.num_rows != 1:
+        raise UnreadableResult(f"{table.num_rows} rows where one cell's result has one")
+    keys = table.column("cell_key").to_pylist() if "cell_key" in table.column_names else [None]
+    if keys != [path.stem]:
+        raise UnreadableResult(f"it holds the result of another cell ({keys[0]})")
+    if columns is not None:
+        table = table.select([c for c in columns if c in table.column_names])
+    return table
+
+
 class ResultsStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
         self.cells_dir = self.root / "cells"
         self.failed_dir = self.root / "failed"
+        # Result files found whole already, by name -> (inode, size, mtime): each file is read
+        # in full once per process, however often the folder is scanned.
+        self._checked: dict[str, tuple[int, int, int]] = {}
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -159,14 +206,39 @@ class ResultsStore:
     def failure_path(self, key: str) -> Path:
         return self.failed_dir / f"{key}.json"
 
+    def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+        """read_result(), remembering the files found whole (see _check)."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise UnreadableResult(f"cannot be read: {exc.strerror}") from None
+        table = read_result(path, columns)
+        self._checked[path.name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return table
+
+    def _check(self, path: Path) -> str | None:
+        """Why a result file does not count, or None when it is whole."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            return f"cannot be read: {exc.strerror}"
+        if self._checked.get(path.name) == (stat.st_ino, stat.st_size, stat.st_mtime_ns):
+            return None
+        try:
+            self._read(path, columns=["cell_key"])
+        except UnreadableResult as exc:
+            return str(exc)
+        return None
+
     def scan(self) -> Ledger:
         ledger = Ledger()
         if self.cells_dir.is_dir():
-            for path in self.cells_dir.glob("*.parquet"):
-                if looks_like_parquet(path):
+            for path in sorted(self.cells_dir.glob("*.parquet")):
+                problem = self._check(path)
+                if problem is None:
                     ledger.done.add(path.stem)
                 else:
-                    ledger.corrupt.append(path)
+                    ledger.corrupt[path] = problem
         if self.failed_dir.is_dir():
             for path in self.failed_dir.glob("*.json"):
                 if path.stem in ledger.done:
@@ -180,23 +252,53 @@ class ResultsStore:
                     }
         return ledger
 
-    def quarantine(self, paths: list[Path]) -> list[Path]:
+    def quarantine(self, paths: Iterable[Path]) -> list[Path]:
         """Move unreadable result files aside (the cells then count as not done)."""
         moved = []
         target_dir = self.root / "quarantine"
-        target_dir.mkdir(exist_ok=True)
-        for path in paths:
-            target = target_dir / f"{path.name}.{int(time.time())}"
-            os.replace(path, target)
-            moved.append(target)
+        try:
+            target_dir.mkdir(exist_ok=True)
+            for path in paths:
+                target = target_dir / f"{path.name}.{time.time_ns()}"
+                os.replace(path, target)
+                moved.append(target)
+        except OSError as exc:
+            raise ResultsError(_explain_os_error(exc, target_dir)) from None
         return moved
+
+    def tidy(self, ledger: Ledger) -> list[Path]:
+        """Remove what a driver killed mid-write leaves behind (call with the lock held): its
+        temporary files, and failure records of cells that are done. Returns what went."""
+        stale: list[Path] = []
+        for folder in (self.root, self.cells_dir, self.failed_dir, self.root / "jobs"):
+            if folder.is_dir():
+                stale += [p for p in folder.glob(".*") if p.name.endswith(_TEMP_SUFFIX)]
+                stale += folder.glob(".write-test.*")
+        stale += [self.failure_path(key) for key in ledger.done if self.failure_path(key).exists()]
+        removed = []
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+        return removed
 
     def write_result(self, row: dict[str, Any]) -> Path:
         key = str(row["cell_key"])
+        table = row_to_table(row)
+        metadata = dict(table.schema.metadata or {})
+        metadata[_DIGEST_KEY] = _content_digest(table).encode("ascii")
         buffer = pa.BufferOutputStream()
-        pq.write_table(row_to_table(row), buffer, compression="zstd")
+        pq.write_table(
+            table.replace_schema_metadata(metadata),
+            buffer,
+            compression="zstd",
+            write_page_checksum=True,
+        )
         path = self.result_path(key)
         atomic_write_bytes(path, buffer.getvalue().to_pybytes())
+        with contextlib.suppress(OSError):  # this process wrote it whole: no need to re-read it
+            stat = path.stat()
+            self._checked[path.name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with contextlib.suppress(FileNotFoundError):
             self.failure_path(key).unlink()
         return path
@@ -228,8 +330,8 @@ class ResultsStore:
         tables, unreadable = [], []
         for path in sorted(self.cells_dir.glob("*.parquet")) if self.cells_dir.is_dir() else []:
             try:
-                tables.append(pq.read_table(path))
-            except (OSError, pa.ArrowException):
+                tables.append(self._read(path).replace_schema_metadata(None))
+            except UnreadableResult:
                 unreadable.append(path)
         if not tables:
             return None, unreadable

@@ -52,6 +52,7 @@ class SweepSummary:
     finished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     interrupted: bool = False
+    stopped: int = 0  # cells running when interrupted: left to do (not failed), checkpoints kept
     seconds: float = 0.0
 
 
@@ -129,6 +130,7 @@ def run_sweep(
                 listener.tick(running, len(in_flight) - running + len(queue))
         except KeyboardInterrupt:
             summary.interrupted = True
+            summary.stopped = len(in_flight)
             log.info("interrupted: cancelling %d running cell(s)", len(in_flight))
             executor.cancel(list(in_flight))
     summary.seconds = time.perf_counter() - start

@@ -78,7 +78,7 @@ def test_truncated_result_is_never_counted_as_done(tmp_path: Path) -> None:
     bad = store.write_result(fake_row("bad"))
     bad.write_bytes(bad.read_bytes()[:-20])
     ledger = store.scan()
-    assert ledger.done == {"good"} and ledger.corrupt == [bad]
+    assert ledger.done == {"good"} and list(ledger.corrupt) == [bad]
     moved = store.quarantine(ledger.corrupt)
     assert not bad.exists() and moved[0].exists() and good.exists()
 

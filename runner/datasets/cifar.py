@@ -1,4 +1,4 @@
-"""CIFAR-10: the python pickles, read through torchvision's CIFAR10 class.
+"""CIFAR-10: the python pickles, read without ever running code from them.
 
 Files in torchvision's layout: `<data root>/cifar-10-batches-py/` with `data_batch_1` ..
 `data_batch_5`, `test_batch` and `batches.meta`. Each file's md5 is checked against the ones
@@ -6,13 +6,21 @@ torchvision publishes (its class attributes) before reading, and a mismatch name
 That check is on unless the caller explicitly passes `verify_checksums=False`: files that a
 test fabricates (or a user re-encoded) cannot match, and then only their structure is
 checked. Images come out as (N, 3, 32, 32) uint8, channel-major as stored.
+
+The batches are pickles by format, and unpickling can run any code a file names. So they are
+read with an unpickler that builds only what a CIFAR batch holds (dicts, lists, strings,
+numbers and numpy arrays) and refuses every other global: a planted or tampered file is a
+clear error, also when checksums are skipped.
 """
 
 from __future__ import annotations
 
+import io
+import pickle
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
+import numpy as np
 import torch
 
 from runner.datasets.files import digest, fetch_lock
@@ -51,17 +59,60 @@ def _missing_message(root: Path, missing: list[Path], why: str) -> str:
     )
 
 
-def _unchecked_class() -> Any:
-    """torchvision's CIFAR10 without its own md5 pass: `_verify` has just done it (and named
-    the failing file, which torchvision does not), or the caller explicitly skipped it."""
+# The globals a CIFAR batch pickle names: numpy's array reconstruction (under numpy 1's and
+# numpy 2's module names), and the codec Python 3 uses for bytes in protocol-2 pickles.
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class UnsafePickle(pickle.UnpicklingError):
+    """A pickle names something a CIFAR batch never holds."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise UnsafePickle(f"it asks to load {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
+def load_batch(path: Path) -> Any:
+    """Unpickle one CIFAR batch file with `_BatchUnpickler` (py2 strings as latin-1, as
+    torchvision reads them)."""
+    return _BatchUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+
+
+def _read_split(root: Path, files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for file in files:
+        path = root / FOLDER / file
+        try:
+            entry = load_batch(path)
+        except UnsafePickle as exc:
+            raise DatasetError(
+                f"dataset 'cifar10': {path} is not a CIFAR-10 batch ({exc}); it was not "
+                f"loaded. Delete {root / FOLDER} and fetch {URL} again."
+            ) from None
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        images.append(data.reshape(-1, 3, 32, 32))  # channel-major rows, as published
+        labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    return (
+        torch.from_numpy(np.concatenate(images)).contiguous(),
+        torch.tensor(labels, dtype=torch.int64),
+    )
+
+
+def _batch_files(train: bool) -> list[str]:
     from torchvision.datasets import CIFAR10
 
-    class _CIFAR10Prechecked(CIFAR10):
-        train_list: ClassVar = [[file, None] for file, _ in CIFAR10.train_list]
-        test_list: ClassVar = [[file, None] for file, _ in CIFAR10.test_list]
-        meta: ClassVar = {**CIFAR10.meta, "md5": None}
-
-    return _CIFAR10Prechecked
+    return [str(file) for file, _ in (CIFAR10.train_list if train else CIFAR10.test_list)]
 
 
 def _verify(root: Path) -> None:
@@ -112,17 +163,16 @@ def read_official(name: str, root: Path, verify_checksums: bool = True) -> Offic
         raise DatasetError(_missing_message(root, missing, "files missing"))
     if verify_checksums:
         _verify(root)
-    cls = _unchecked_class()
     parts = []
     for train in (True, False):
         try:
-            data = cls(root=str(root), train=train, download=False)
-            images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # (N,3,32,32)
-            labels = torch.tensor(data.targets, dtype=torch.int64)
+            images, labels = _read_split(root, _batch_files(train))
+        except DatasetError:
+            raise
         except Exception as exc:  # unpickling errors, wrong shapes, missing keys...
             files = "\n".join(f"    {p}" for p in expected_files(name, root))
             raise DatasetError(
-                f"dataset 'cifar10': torchvision could not read the batches under "
+                f"dataset 'cifar10': could not read the batches under "
                 f"{root / FOLDER} ({type(exc).__name__}: {exc}); a file is truncated or "
                 f"corrupt. Delete {root / FOLDER} and fetch {URL} again. Files:\n{files}"
             ) from None
