@@ -73,8 +73,9 @@ def keep_probabilities(
     unless mixed."""
     weights = a_norms * b_norms  # (n,)
     n = weights.numel()
-    total = weights.sum()
-    share = weights / total if float(total) > 0 else torch.full_like(weights, 1.0 / n)
+    # All-zero weights give share 0 and keep nothing: the product is exactly 0 then anyway.
+    # (No branch on the total: reading a tensor's value costs a synchronisation per call.)
+    share = weights / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
     if uniform_mix:
         share = (1 - uniform_mix) * share + uniform_mix / n
     return (k * share).clamp_(max=1.0)
@@ -121,6 +122,47 @@ def sampled_matmul(
     return a_kept @ b.index_select(0, kept), kept.numel()  # (N, c) @ (c, p)
 
 
+def _layer_backward(
+    layer: MCLinear,
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    out: torch.Tensor,
+    need_input: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The backward pass of one linear layer y = x W^T + b in backward mode: the input
+    gradient dY W sampled over the output units, the weight gradient dY^T X over the
+    examples, the bias gradient exact."""
+    grad_x = None
+    if need_input:
+        # (B, out) @ (out, in): column-row pairs over the output units
+        units = grad_out.shape[1]
+        norms = None if layer.sampling.pairs_to_keep(units) >= units else layer.weight_row_norms()
+        grad_x, kept_pairs = sampled_matmul(
+            grad_out, weight, layer.sampling, layer.generator, b_norms=norms
+        )
+        layer.count("grad_input", kept_pairs)
+    # (out, B) @ (B, in): column-row pairs over the examples of the batch
+    batch = len(x)
+    chosen = (
+        None
+        if layer.sampling.pairs_to_keep(batch) >= batch  # e.g. batch 1: exact
+        else choose_pairs(grad_out.norm(dim=1), x.norm(dim=1), layer.sampling, layer.generator)
+    )
+    if chosen is None:
+        coef, x_kept, z_kept = grad_out, x, out - bias  # every example
+    else:
+        kept, scale = chosen
+        coef = grad_out.index_select(0, kept) * scale.unsqueeze(1)  # (c, out)
+        x_kept = x.index_select(0, kept)  # (c, in)
+        z_kept = out.index_select(0, kept) - bias  # (c, out): W x of those examples
+    grad_w = coef.t() @ x_kept  # (out, c) @ (c, in)
+    layer.count("grad_weight", len(x_kept))
+    layer.note_weight_gradient(coef, x_kept, z_kept)
+    return grad_x, grad_w, grad_out.sum(dim=0)
+
+
 class _BackwardSampledLinear(torch.autograd.Function):
     """y = x W^T + b exactly; backward samples dY W (over outputs) and dY^T X (over examples)."""
 
@@ -136,41 +178,57 @@ class _BackwardSampledLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         x, weight, bias, out = ctx.saved_tensors
-        layer: MCLinear = ctx.layer
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            # (B, out) @ (out, in): column-row pairs over the output units
-            units = grad_out.shape[1]
-            norms = (
-                None if layer.sampling.pairs_to_keep(units) >= units else layer.weight_row_norms()
-            )
-            grad_x, kept_pairs = sampled_matmul(
-                grad_out, weight, layer.sampling, layer.generator, b_norms=norms
-            )
-            layer.count("grad_input", kept_pairs)
-        if ctx.needs_input_grad[1]:
-            # (out, B) @ (B, in): column-row pairs over the examples of the batch
-            batch = len(x)
-            chosen = (
-                None
-                if layer.sampling.pairs_to_keep(batch) >= batch  # e.g. batch 1: exact
-                else choose_pairs(
-                    grad_out.norm(dim=1), x.norm(dim=1), layer.sampling, layer.generator
-                )
-            )
-            if chosen is None:
-                coef, x_kept, z_kept = grad_out, x, out - bias  # every example
-            else:
-                kept, scale = chosen
-                coef = grad_out.index_select(0, kept) * scale.unsqueeze(1)  # (c, out)
-                x_kept = x.index_select(0, kept)  # (c, in)
-                z_kept = out.index_select(0, kept) - bias  # (c, out): W x of those examples
-            grad_w = coef.t() @ x_kept  # (out, c) @ (c, in)
-            layer.count("grad_weight", len(x_kept))
-            layer.note_weight_gradient(coef, x_kept, z_kept)
-        if ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(dim=0)
+        grad_x, grad_w, grad_b = _layer_backward(
+            ctx.layer, grad_out, x, weight, bias, out, need_input=ctx.needs_input_grad[0]
+        )
         return grad_x, grad_w, grad_b, None
+
+
+class _BackwardSampledMLP(torch.autograd.Function):
+    """The whole ReLU MLP (to its logits) as one autograd node, in backward mode.
+
+    The same arithmetic and the same random draws, in the same order, as a chain of
+    `_BackwardSampledLinear` and ReLU nodes; as one node it costs one Python call in each
+    direction instead of two per layer, which at batch 1 is a good part of a step."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, layers: tuple[MCLinear, ...], x: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
+        inputs, outs = [x], []
+        h = x
+        for i in range(len(layers)):
+            out = torch.addmm(params[2 * i + 1], h, params[2 * i].t())  # (B, in) -> (B, out)
+            outs.append(out)
+            if i < len(layers) - 1:
+                h = torch.relu(out)
+                inputs.append(h)
+        ctx.save_for_backward(*inputs, *outs, *params)
+        ctx.layers = layers
+        return outs[-1]
+
+    @staticmethod
+    def backward(ctx: Any, grad_logits: torch.Tensor) -> tuple[Any, ...]:
+        layers = ctx.layers
+        n = len(layers)
+        saved = ctx.saved_tensors
+        inputs, outs, params = saved[:n], saved[n : 2 * n], saved[2 * n :]
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        grad = grad_logits
+        grad_x = None
+        for i in reversed(range(n)):
+            if i < n - 1:
+                grad = grad.masked_fill(inputs[i + 1] <= 0, 0.0)  # through the ReLU
+            need_input = i > 0 or ctx.needs_input_grad[1]
+            grad_in, grads[2 * i], grads[2 * i + 1] = _layer_backward(
+                layers[i], grad, inputs[i], params[2 * i], params[2 * i + 1], outs[i], need_input
+            )
+            if i > 0:
+                assert grad_in is not None
+                grad = grad_in
+            else:
+                grad_x = grad_in
+        return (None, grad_x, *grads)
 
 
 class _PairCounter:
@@ -195,7 +253,9 @@ class MCLinear(nn.Linear, _PairCounter):
     """A linear layer whose training-time products are sampled; exact in evaluation."""
 
     row_sq: torch.Tensor
-    tracked_steps: torch.Tensor
+    tracked_steps: int  # steps since row_sq was read exactly; -1: not valid
+    track_norms: bool  # set by the optimizer when it is plain SGD
+    _pending: tuple[torch.Tensor, torch.Tensor] | None
 
     def __init__(
         self,
@@ -214,17 +274,19 @@ class MCLinear(nn.Linear, _PairCounter):
         # kept up to date through plain SGD steps instead of re-reading the whole matrix
         # every step (see `note_weight_gradient`); buffers, so a checkpoint carries them.
         self.register_buffer("row_sq", torch.zeros(fan_out, dtype=torch.float64))
-        self.register_buffer("tracked_steps", torch.tensor(-1))  # -1: row_sq not valid
-        self.track_norms = False  # set by the optimizer when its steps are plain SGD
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Plain Python state (a checkpoint carries it as extra state): at batch 1, every
+        # tensor operation in a step shows, and reading a tensor's value synchronises.
+        self.tracked_steps = -1
+        self.track_norms = False
+        self._pending = None
 
     def weight_row_norms(self) -> torch.Tensor:
         """|W[i, :]| for every output unit: exact, or tracked through SGD steps."""
         if not self.track_norms:
             return self.weight.detach().norm(dim=1)
-        if int(self.tracked_steps) < 0:
+        if self.tracked_steps < 0:
             self.row_sq.copy_(self.weight.detach().double().pow(2).sum(dim=1))
-            self.tracked_steps.fill_(0)
+            self.tracked_steps = 0
         return self.row_sq.clamp(min=0).sqrt().float()
 
     def note_weight_gradient(
@@ -237,24 +299,30 @@ class MCLinear(nn.Linear, _PairCounter):
         O(out x kept) instead of O(out x in)."""
         if not self.track_norms:
             return
-        coef64, x64 = coef.double(), x_kept.double()
-        w_dot_g = (coef64 * z_kept.double()).sum(dim=0)  # (out,)
-        gram = x64 @ x64.t()  # (c, c)
-        g_sq = (coef64 * (gram @ coef64)).sum(dim=0)  # (out,)
+        # float32 terms added to float64 sums: per-step rounding ~1e-7, re-read exactly
+        # every REFRESH_EVERY steps.
+        w_dot_g = (coef * z_kept).sum(dim=0)  # (out,)
+        gram = x_kept @ x_kept.t()  # (c, c)
+        g_sq = (coef * (gram @ coef)).sum(dim=0)  # (out,)
         self._pending = (w_dot_g, g_sq)
 
     def after_sgd_step(self, lr: float, refresh_every: int) -> None:
         """Apply the pending SGD step to the tracked norms; re-read the weights exactly every
         `refresh_every` steps, so rounding never accumulates for long."""
-        if self._pending is None or int(self.tracked_steps) < 0:
-            self._pending = None
-            return
-        w_dot_g, g_sq = self._pending
-        self.row_sq.add_(w_dot_g, alpha=-2 * lr).add_(g_sq, alpha=lr * lr)
+        pending = self._pending
         self._pending = None
-        self.tracked_steps += 1
-        if int(self.tracked_steps) >= refresh_every:
-            self.tracked_steps.fill_(-1)
+        if pending is None or self.tracked_steps < 0:
+            return
+        w_dot_g, g_sq = pending
+        self.row_sq.add_(w_dot_g, alpha=-2 * lr).add_(g_sq, alpha=lr * lr)
+        steps = self.tracked_steps + 1
+        self.tracked_steps = -1 if steps >= refresh_every else steps
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"tracked_steps": self.tracked_steps}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.tracked_steps = int(state.get("tracked_steps", -1))
 
     def sampled_forward(self, x: torch.Tensor, record: bool) -> torch.Tensor:
         # (B, in) @ (in, out): column-row pairs over the input features
@@ -423,6 +491,11 @@ class MCApprox(MethodModel):
             self.layers.append(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.mode == "backward":
+            layers = tuple(m for m in self.layers if isinstance(m, MCLinear))
+            params = [t for m in layers for t in (m.weight, m.bias)]
+            logits: torch.Tensor = _BackwardSampledMLP.apply(layers, x, *params)
+            return F.log_softmax(logits, dim=1)
         h = x
         for layer in self.layers[:-1]:
             h = F.relu(layer(h))
@@ -430,9 +503,17 @@ class MCApprox(MethodModel):
 
     def make_optimizer(self, settings: TrainSettings) -> Optimizer:
         optimizer = make_dense_optimizer(self.parameters(), settings)
-        linears = [m for m in self.layers if isinstance(m, MCLinear)]
         if self.mode != "backward" or settings.optimizer != "sgd" or settings.momentum:
             return optimizer  # norms are read from the weights at every step
+        # Only layers whose input gradient is sampled use the norms: not the first (its
+        # input needs no gradient), nor a layer whose k covers all its output units.
+        linears = [
+            m
+            for i, m in enumerate(self.layers)
+            if isinstance(m, MCLinear)
+            and i > 0
+            and m.sampling.pairs_to_keep(m.out_features) < m.out_features
+        ]
         for layer in linears:
             layer.track_norms = True
         return NormTrackingSGD(optimizer, linears, settings.lr)
@@ -440,7 +521,7 @@ class MCApprox(MethodModel):
     def end_epoch(self) -> None:
         for layer in self.layers:
             if isinstance(layer, MCLinear):
-                layer.tracked_steps.fill_(-1)  # an exact re-read at the start of each epoch
+                layer.tracked_steps = -1  # an exact re-read at each epoch start
 
     def epoch_stats(self) -> dict[str, float]:
         stats = {}

@@ -87,6 +87,9 @@ class Record:
     ratio_vs_standard: float  # ... of (this / STANDARD with SGD, the paper's yardstick)
     ratio_vs_standard_same_optimizer: float  # ... of (this / STANDARD, same optimizer)
     phase_share: dict[str, float]  # median share of each phase in the epoch
+    # The spread of ratio_vs_standard over the repeats (25th, 75th percentile): how much to
+    # trust the median on this machine.
+    ratio_vs_standard_iqr: tuple[float, float] = (float("nan"), float("nan"))
     target: str = ""  # e.g. "<= 0.30x standard"
     target_met: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +108,7 @@ class Record:
             "ratio_vs_plain": self.ratio_vs_plain,
             "ratio_vs_standard": self.ratio_vs_standard,
             "ratio_vs_standard_same_optimizer": self.ratio_vs_standard_same_optimizer,
+            "ratio_vs_standard_iqr": list(self.ratio_vs_standard_iqr),
             "phase_share": self.phase_share,
             "target": self.target,
             "target_met": self.target_met,
@@ -262,6 +266,13 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return (float("nan"), float("nan"))
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q1, q3)
+
+
 def _target_for(method: str, batch_size: int, depth: int) -> tuple[str, float] | None:
     return TARGETS.get((method, batch_size, depth)) or TARGETS.get((method, batch_size, None))
 
@@ -333,6 +344,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                         [m.total / p.total for m, p in zip(mine, plain, strict=True)]
                     ),
                     ratio_vs_standard=_median(
+                        [m.total / s.total for m, s in zip(mine, std_sgd, strict=True)]
+                    ),
+                    ratio_vs_standard_iqr=_quartiles(
                         [m.total / s.total for m, s in zip(mine, std_sgd, strict=True)]
                     ),
                     ratio_vs_standard_same_optimizer=_median(
