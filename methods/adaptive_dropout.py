@@ -27,9 +27,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from methods.base import Architecture, MethodModel, init_linear_
+from methods.base import Architecture, MethodModel, linear_layers
 
 
 class Standout(MethodModel):
@@ -44,11 +43,7 @@ class Standout(MethodModel):
         super().__init__(sampling_generator)
         self.arch = arch
         self.alpha, self.beta = alpha, beta
-        self.layers = nn.ModuleList()
-        for fan_in, fan_out in arch.layer_sizes():
-            linear = nn.Linear(fan_in, fan_out)
-            init_linear_(linear, generator)
-            self.layers.append(linear)
+        self.layers = linear_layers(arch, generator)
         self._kept_sum = [0.0] * arch.depth
         self._steps = 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +57,21 @@ def init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
         nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
         bound = 1.0 / math.sqrt(layer.in_features)
         nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+
+def linear_layers(
+    arch: Architecture,
+    generator: torch.Generator,
+    make: Callable[[int, int], nn.Linear] = nn.Linear,
+) -> nn.ModuleList:
+    """The MLP's linear layers, hidden ones first, output last, each initialised from
+    `generator` (`make` builds a method's own linear layer type)."""
+    layers = nn.ModuleList()
+    for fan_in, fan_out in arch.layer_sizes():
+        linear = make(fan_in, fan_out)
+        init_linear_(linear, generator)
+        layers.append(linear)
+    return layers
 
 
 class Optimizer(Protocol):

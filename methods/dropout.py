@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from methods.base import Architecture, MethodModel, init_linear_
+from methods.base import Architecture, MethodModel, linear_layers
 from methods.sparse import SparseMLP
 
 
@@ -80,11 +79,7 @@ class SampleMaskDropout(MethodModel):
         super().__init__(sampling_generator)
         self.arch = arch
         self.keep = keep
-        self.layers = nn.ModuleList()
-        for fan_in, fan_out in arch.layer_sizes():
-            linear = nn.Linear(fan_in, fan_out)
-            init_linear_(linear, generator)
-            self.layers.append(linear)
+        self.layers = linear_layers(arch, generator)
         self._kept_sum = [0.0] * arch.depth
         self._steps = 0
 

@@ -43,7 +43,7 @@ from methods.base import (
     MethodModel,
     Optimizer,
     TrainSettings,
-    init_linear_,
+    linear_layers,
     make_dense_optimizer,
 )
 
@@ -484,11 +484,11 @@ class MCApprox(MethodModel):
         super().__init__(sampling_generator)
         self.arch = arch
         self.mode = mode
-        self.layers = nn.ModuleList()
-        for fan_in, fan_out in arch.layer_sizes():
-            linear = MCLinear(fan_in, fan_out, mode, sampling, sampling_generator)
-            init_linear_(linear, generator)
-            self.layers.append(linear)
+        self.layers = linear_layers(
+            arch,
+            generator,
+            lambda fan_in, fan_out: MCLinear(fan_in, fan_out, mode, sampling, sampling_generator),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.mode == "backward":

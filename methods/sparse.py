@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Architecture, MethodModel, TrainSettings, init_linear_
+from methods.base import Architecture, MethodModel, TrainSettings, linear_layers
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,7 @@ class SparseMLP(MethodModel):
     ):
         super().__init__(sampling_generator)
         self.arch = arch
-        self.layers = nn.ModuleList()
-        for fan_in, fan_out in arch.layer_sizes():
-            linear = nn.Linear(fan_in, fan_out)
-            init_linear_(linear, generator)
-            self.layers.append(linear)
+        self.layers = linear_layers(arch, generator)
         self.blocks: list[Block] = []  # what the last training step touched
         # Plain lists (not registered again): slicing a ModuleList builds a new one per call.
         self._hidden: list[nn.Linear] = [m for m in self.layers[:-1] if isinstance(m, nn.Linear)]

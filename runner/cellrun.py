@@ -18,7 +18,6 @@ import random
 import socket
 import sys
 import time
-import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from runner.cells import TRAINER_VERSION, Cell, canonical_json
 from runner.checkpoint import CellCheckpoints, CheckpointPolicy, StorageNotShared
 from runner.errors import DatasetError
-from runner.failures import is_out_of_memory
+from runner.failures import failure_record, is_out_of_memory
 from runner.pinning import pinned_cores
 
 
@@ -79,19 +78,15 @@ def _utc_now() -> str:
 def _failure(cell: Cell, error_class: str, exc: BaseException, started: float) -> dict[str, Any]:
     return {
         "status": "failed",
-        "failure": {
-            "cell_key": cell.key,
-            "label": cell.label(),
-            "values": dict(cell.values),
-            "error_class": error_class,
-            "error_type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)),
-            "node": _node_name(),
-            "pid": os.getpid(),
-            "seconds": time.perf_counter() - started,
-            "finished_at": _utc_now(),
-        },
+        "failure": failure_record(
+            cell,
+            error_class,
+            exc,
+            node=_node_name(),
+            pid=os.getpid(),
+            seconds=time.perf_counter() - started,
+            finished_at=_utc_now(),
+        ),
     }
 
 

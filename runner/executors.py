@@ -51,22 +51,12 @@ class Executor(ABC):
 
 
 def _failure_result(payload: dict[str, Any], error_class: str, exc: BaseException) -> Result:
-    import traceback
-
     from runner.cells import Cell
+    from runner.failures import failure_record
 
-    cell = Cell.from_payload(payload)
     return {
         "status": "failed",
-        "failure": {
-            "cell_key": cell.key,
-            "label": cell.label(),
-            "values": dict(cell.values),
-            "error_class": error_class,
-            "error_type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)),
-        },
+        "failure": failure_record(Cell.from_payload(payload), error_class, exc),
     }
 
 

@@ -8,6 +8,12 @@ failures by class and show the hint for each. Pure: no torch or Ray.
 
 from __future__ import annotations
 
+import traceback
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.cells import Cell
+
 # class -> what to do; in the order they are shown.
 FAILURE_HINTS: dict[str, str] = {
     "application": (
@@ -56,3 +62,20 @@ def class_counts(classes: list[str]) -> list[tuple[str, int]]:
     for name in classes:
         counts[name] = counts.get(name, 0) + 1
     return sorted(counts.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+
+
+def failure_record(
+    cell: Cell, error_class: str, exc: BaseException, **context: Any
+) -> dict[str, Any]:
+    """What `failed/<key>.json` holds: the cell, the class, the error and its traceback, plus
+    whatever the place that saw it knows (node, pid, seconds, ...)."""
+    return {
+        "cell_key": cell.key,
+        "label": cell.label(),
+        "values": dict(cell.values),
+        "error_class": error_class,
+        "error_type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        **context,
+    }
