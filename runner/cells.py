@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -37,6 +37,9 @@ class Cell:
 
     values: Mapping[str, Any]
     torch_threads: int
+    # The job's shared grid axes (e.g. lr, width): shown in the label so that two cells that
+    # differ only there can be told apart. Not part of the key.
+    shown: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def method(self) -> str:
@@ -68,11 +71,14 @@ class Cell:
 
     def label(self) -> str:
         """A short human-readable name (not unique; the key is): method/dataset, depth,
-        batch size, seed, and the method hyperparameters that differ from their defaults."""
+        batch size, seed, the job's other grid axes (`shown`), and the
+        method hyperparameters that differ from their defaults."""
         v = self.values
         text = f"{v['method']}/{v['dataset']} d{v['depth']} b{v['batch_size']} s{v['seed']}"
         if v.get("arch", "mlp") != "mlp":
             text += f" {v['arch']}"
+        in_base = {"method", "dataset", "depth", "batch_size", "seed", "arch"}
+        text += "".join(f" {name}={v[name]}" for name in self.shown if name not in in_base)
         defaults = {p.name: p.default for p in METHODS[self.method].params}
         extras = [
             f"{name}={value}"
@@ -83,11 +89,20 @@ class Cell:
 
     def to_payload(self) -> dict[str, Any]:
         """A plain, JSON-safe dict that travels to the worker and back into the result."""
-        return {"key": self.key, "values": dict(self.values), "torch_threads": self.torch_threads}
+        return {
+            "key": self.key,
+            "values": dict(self.values),
+            "torch_threads": self.torch_threads,
+            "shown": list(self.shown),
+        }
 
     @staticmethod
     def from_payload(payload: Mapping[str, Any]) -> Cell:
-        cell = Cell(values=dict(payload["values"]), torch_threads=int(payload["torch_threads"]))
+        cell = Cell(
+            values=dict(payload["values"]),
+            torch_threads=int(payload["torch_threads"]),
+            shown=tuple(payload.get("shown", ())),
+        )
         if "key" in payload and payload["key"] != cell.key:
             raise ValueError(
                 f"cell payload key {payload['key']} does not match its content ({cell.key}): "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from methods.registry import METHODS
@@ -91,6 +91,10 @@ def expand(spec: JobSpec) -> Expansion:
             seen[cell.key] = len(cells)
             cells.append(cell)
 
+    # Label every cell with the job's shared grid axes, so that two cells differing only in,
+    # say, lr do not print alike (method hyperparameters show when not at their default).
+    if names:
+        cells = [replace(c, shown=tuple(names)) for c in cells]
     warnings: list[str] = []
     for i, hits in enumerate(override_hits):
         if hits == 0:

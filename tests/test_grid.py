@@ -250,3 +250,28 @@ def test_payload_round_trip_checks_the_key() -> None:
     tampered["values"]["lr"] = 0.5
     with pytest.raises(ValueError, match="does not match its content"):
         Cell.from_payload(tampered)
+
+
+def test_labels_tell_apart_cells_that_differ_only_in_a_grid_axis(fake_methods: None) -> None:
+    cells = cells_of("""
+        name = "g"
+        [grid]
+        lr = [1e-4, 1e-3]
+        width = [100]
+        "dropper.keep" = [0.05, 0.5]
+        [params]
+        method = "dropper"
+        dataset = "digits"
+        depth = 3
+    """)
+    labels = [c.label() for c in cells]
+    assert labels == [
+        "dropper/digits d3 b1 s0 lr=0.0001 width=100",
+        "dropper/digits d3 b1 s0 lr=0.0001 width=100 keep=0.5",
+        "dropper/digits d3 b1 s0 lr=0.001 width=100",
+        "dropper/digits d3 b1 s0 lr=0.001 width=100 keep=0.5",
+    ]
+    # The label survives the trip to a worker; the key does not depend on it.
+    back = Cell.from_payload(cells[0].to_payload())
+    assert back.label() == labels[0] and back == cells[0]
+    assert cells_of(BASE)[1].label() == "standard/digits d3 b1 s0"  # depth is in the base
