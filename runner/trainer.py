@@ -112,6 +112,11 @@ def evaluate(model: MethodModel, x: torch.Tensor, y: torch.Tensor, classes: int)
     )
 
 
+# Training examples gathered (shuffled) at once: large enough to amortise the call, small
+# enough to stay a few MB (38 MB for NORB's 9216 features).
+GATHER_ROWS = 1024
+
+
 def train(
     model: MethodModel,
     splits: Splits,
@@ -132,6 +137,7 @@ def train(
     if train_limit is not None:
         x_train, y_train = x_train[:train_limit], y_train[:train_limit]
     n, b = len(y_train), settings.batch_size
+    chunk = b * max(1, GATHER_ROWS // b)
     classes = splits.info.classes
     probe_x = splits.x_val[:PROBE_SIZE]
     optimizer = model.make_optimizer(settings)
@@ -158,31 +164,40 @@ def train(
 
         t0 = perf_counter()
         order = torch.randperm(n, generator=shuffle_generator)
-        xs, ys = x_train.index_select(0, order), y_train.index_select(0, order)
         t_data += perf_counter() - t0
 
-        for start in range(0, n, b):
+        # Gather the shuffled examples a chunk at a time (a whole number of batches, so the
+        # batches are the same): a shuffled copy of the whole training set per epoch would
+        # double a large dataset's memory (NORB: 0.9 GB more per cell), a gather per batch
+        # costs a call per step.
+        for chunk_start in range(0, n, chunk):
             t0 = perf_counter()
-            xb, yb = xs[start : start + b], ys[start : start + b]
-            t1 = perf_counter()
-            loss = F.nll_loss(model(xb), yb)
-            t2 = perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            t3 = perf_counter()
-            optimizer.step()
-            t4 = perf_counter()
-            step += 1
-            examples_seen += len(yb)
-            model.upkeep(step, examples_seen)
-            t5 = perf_counter()
-            t_data += t1 - t0
-            t_fwd += t2 - t1
-            t_bwd += t3 - t2
-            t_step += t4 - t3
-            t_upkeep += t5 - t4
-            loss_sum += loss.item()
-            batches += 1
+            picked = order[chunk_start : chunk_start + chunk]
+            xs, ys = x_train.index_select(0, picked), y_train.index_select(0, picked)
+            t_data += perf_counter() - t0
+
+            for start in range(0, len(picked), b):
+                t0 = perf_counter()
+                xb, yb = xs[start : start + b], ys[start : start + b]
+                t1 = perf_counter()
+                loss = F.nll_loss(model(xb), yb)
+                t2 = perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                t3 = perf_counter()
+                optimizer.step()
+                t4 = perf_counter()
+                step += 1
+                examples_seen += len(yb)
+                model.upkeep(step, examples_seen)
+                t5 = perf_counter()
+                t_data += t1 - t0
+                t_fwd += t2 - t1
+                t_bwd += t3 - t2
+                t_step += t4 - t3
+                t_upkeep += t5 - t4
+                loss_sum += loss.item()
+                batches += 1
 
         t0 = perf_counter()
         model.end_epoch()
