@@ -253,6 +253,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # --- status ----------------------------------------------------------------------------------
 
 
+def _size_or_zero(path: Path) -> int:
+    """A file's size, or 0 when a running sweep just deleted it."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from runner.checkpoint import checkpoints_dir
     from runner.failures import FAILURE_HINTS, class_counts
@@ -285,10 +293,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             "(cells still to run are unknown without a job file that expands)"
         )
     resumable = [p for p in checkpoints_dir(store.root).glob("*.pt") if p.stem not in ledger.done]
-    if resumable:
+    in_job = {c.key for c in cells} if cells is not None else None
+    orphans = [p for p in resumable if in_job is not None and p.stem not in in_job]
+    if len(resumable) > len(orphans):
         console.print(
-            f"{len(resumable)} unfinished cell(s) have a checkpoint: the next submit continues "
-            "them from it"
+            f"{len(resumable) - len(orphans)} unfinished cell(s) have a checkpoint: the next "
+            "submit continues them from it"
+        )
+    if orphans:
+        megabytes = sum(_size_or_zero(p) for p in orphans) / 1e6
+        console.print(
+            f"{len(orphans)} checkpoint(s) ({megabytes:.1f} MB) belong to cells no longer in "
+            "the job file: kept in case they come back; to free the space, delete "
+            + escape(", ".join(str(p) for p in sorted(orphans)[:3]))
+            + (" ..." if len(orphans) > 3 else "")
         )
     for path, problem in ledger.corrupt.items():
         console.print(

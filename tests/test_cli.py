@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,42 @@ def test_plan_shows_cells_and_states_without_running(
 def test_status_of_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", str(tmp_path / "nope")]) == 2
     assert "not a results folder" in capsys.readouterr().err
+
+
+def test_status_tells_resumable_checkpoints_from_orphaned_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner.checkpoint import checkpoint_path
+    from runner.grid import expand
+    from runner.spec import parse_spec
+    from runner.store import ResultsStore
+
+    def job(depths: str) -> str:
+        return f"""
+            name = "ck"
+            [grid]
+            depth = [{depths}]
+            [params]
+            method = "standard"
+            dataset = "digits"
+        """
+
+    store = ResultsStore(tmp_path / "results")
+    store.prepare()
+    old_cells = expand(parse_spec(textwrap.dedent(job("1, 2")), "ck.toml")).cells
+    for cell in old_cells:  # both cells were interrupted mid-way
+        path = checkpoint_path(store.root, cell.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 250_000)
+    store.save_job(textwrap.dedent(job("2")))  # then depth 1 left the job file
+
+    assert main(["status", str(store.root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 unfinished cell(s) have a checkpoint: the next submit continues them" in out
+    orphan = checkpoint_path(store.root, old_cells[0].key)
+    assert "1 checkpoint(s) (0.2 MB) belong to cells no longer in the job file" in out
+    assert str(orphan) in out.replace(" ", "")  # the path, however the terminal wrapped it
+    assert orphan.exists()  # status deletes nothing
 
 
 def test_data_prepare_then_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
