@@ -57,11 +57,19 @@ def _colours(labels: list[str]) -> Colours:
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
 
 
-def _panels(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list[Axes]]:
+def _panels(
+    n: int, width: float = 4.2, height: float = 3.2, sharey: bool = False
+) -> tuple[Figure, list[Axes]]:
+    """n panels; `sharey` for quantities read side by side across panels (accuracy)."""
     cols = min(n, 4)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
+        rows,
+        cols,
+        figsize=(width * cols, height * rows),
+        squeeze=False,
+        sharey=sharey,
+        layout="constrained",
     )
     flat = list(axes.ravel())
     for ax in flat[n:]:
@@ -133,7 +141,9 @@ def _epoch_figure(
     path: Path,
 ) -> None:
     depths = sorted(curves["depth"].unique())
-    fig, axes = _panels(len(depths))
+    # Accuracy panels share their scale, to be compared across depths; cumulative times differ
+    # by the depth's cost, and each panel keeps its own.
+    fig, axes = _panels(len(depths), sharey=metric == "val_accuracy")
     for ax, depth in zip(axes, depths, strict=True):
         for _config, group in curves[curves["depth"] == depth].groupby("config", sort=False):
             group = group.sort_values("epoch")
@@ -155,7 +165,7 @@ def _by_depth_figure(curves: pd.DataFrame, title: str, path: Path) -> bool:
         return False
     depths = sorted(curves["depth"].unique())
     cmap = plt.get_cmap("viridis")
-    fig, axes = _panels(len(labels))
+    fig, axes = _panels(len(labels), sharey=True)
     for ax, label in zip(axes, labels, strict=True):
         mine = curves[curves["label"] == label]
         for depth, group in mine.groupby("depth", sort=True):
@@ -189,21 +199,32 @@ def _confusion_figure(
         squeeze=False,
         layout="constrained",
     )
+    image = None
     for i, label in enumerate(labels):
         for j, depth in enumerate(depths):
             ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
             row = summary[(summary["label"] == label) & (summary["depth"] == depth)]
             if row.empty:
                 ax.set_axis_off()
                 continue
             matrix = confusion[row["config"].iloc[0]]
-            ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+            # Each row as the share of its true class, on one scale for every panel.
+            totals = matrix.sum(axis=1, keepdims=True)
+            shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+            image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+            classes = range(matrix.shape[0])
+            if matrix.shape[0] <= 10:  # the paper's Fig. 4 labels 0..9; 26 would be a smear
+                ax.set_xticks(classes, [str(c) for c in classes], fontsize=5)
+                ax.set_yticks(classes, [str(c) for c in classes], fontsize=5)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
             accuracy = np.trace(matrix) / max(matrix.sum(), 1)
             ax.set_title(f"d={depth}: {accuracy:.1%}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="share of the true class")
     fig.suptitle(f"Confusion matrices (true: rows, predicted: columns), {title}", fontsize=10)
     _save(fig, path)
     return True

@@ -574,7 +574,9 @@ class Theorem2Fit:
 
 
 def fit_theorem2(k: np.ndarray, error: np.ndarray) -> Theorem2Fit | None:
-    """Fit c to points (k, measured relative error); None without points."""
+    """Fit c to points (k, measured relative error); None without points, or when the points
+    do not have the theorem's shape: the best c at the edge of its range (0.00025 .. 4000),
+    e.g. errors at or above 1 (c -> 0) or all zero (c -> infinity)."""
     k = np.asarray(k, dtype=float)
     error = np.asarray(error, dtype=float)
     good = np.isfinite(k) & np.isfinite(error)
@@ -590,11 +592,9 @@ def fit_theorem2(k: np.ndarray, error: np.ndarray) -> Theorem2Fit | None:
     grid = np.arange(1, steps) / steps
     losses = [loss(q) for q in grid]
     best = int(np.argmin(losses))
-    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    if best == 0:
-        lo = 1e-12
-    if best == len(grid) - 1:
-        hi = 1.0 - 1e-12
+    if best in (0, len(grid) - 1):
+        return None
+    lo, hi = grid[best - 1], grid[best + 1]
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     a, b = lo, hi
     while b - a > 1e-13:

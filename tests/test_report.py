@@ -305,6 +305,9 @@ def test_theorem2_fit_recovers_c_exactly() -> None:
         [0.2, 0.44, 0.728, 1.0736, 1.48832, 1.985984]
     )
     assert fit_theorem2(np.array([]), np.array([])) is None
+    # Errors that no c explains (at or above 1, or none at all) get no fit, not c = 1e-12.
+    assert fit_theorem2(np.array([1, 2]), np.array([1.2, 1.5])) is None
+    assert fit_theorem2(np.array([1, 2, 3]), np.zeros(3)) is None
 
 
 def test_every_figure_is_a_nonempty_png_referenced_by_the_page(
