@@ -129,7 +129,9 @@ METHODS: dict[str, MethodInfo] = {
         ),
         MethodInfo(
             name="alsh_approx",
-            version=1,
+            # 2: no second rebuild at an epoch end that the schedule just rebuilt at; the
+            # schedule counts from the latest rebuild; `rebuild_unit`.
+            version=2,
             summary="Asymmetric-LSH active-node selection (Spring & Shrivastava 2017; §5.2).",
             module="methods.alsh_approx",
             params=(
@@ -166,16 +168,24 @@ METHODS: dict[str, MethodInfo] = {
                     "rebuild_early",
                     int,
                     100,
-                    "rebuild the tables every N training examples at first (paper §10.2: 100)",
+                    "rebuild the tables every N examples (or steps) at first (paper §10.2: 100)",
                     minimum=1,
                 ),
-                Param("rebuild_late", int, 1000, "then every N examples (paper: 1000)", minimum=1),
+                Param("rebuild_late", int, 1000, "then every N (paper: 1000)", minimum=1),
                 Param(
                     "rebuild_switch",
                     int,
                     10000,
-                    "examples after which the late schedule applies (paper: 10000)",
+                    "examples (or steps) after which the late schedule applies (paper: 10000)",
                     minimum=0,
+                ),
+                Param(
+                    "rebuild_unit",
+                    str,
+                    "examples",
+                    "what the rebuild schedule counts: training examples (the paper's §10.2 "
+                    "counts images) or optimizer steps; the same at batch 1",
+                    choices=("examples", "steps"),
                 ),
             ),
         ),

@@ -400,9 +400,32 @@ def test_rebuild_schedule_follows_the_paper() -> None:
         late = [s for s in rebuilt_at if s > 10_000]
         assert early == list(range(100, 10_001, 100))  # every 100 examples up to 10000
         assert late == list(range(11_000, 30_001, 1000))  # then every 1000
+        # The schedule has just rebuilt at 30000, the epoch's last step: no second rebuild of
+        # the same weights at the epoch end.
         before = model.rebuilds
         model.end_epoch()
-        assert model.rebuilds == before + 1  # and at every epoch end
+        assert model.rebuilds == before
+        # Otherwise the epoch end rebuilds, and the schedule counts from there.
+        model.upkeep(step + 1, 30_000 + 400)
+        model.end_epoch()
+        assert model.rebuilds == before + 1
+        model.upkeep(step + 2, 30_400 + 900)
+        assert model.rebuilds == before + 1  # 900 < 1000 since the epoch-end rebuild
+        model.upkeep(step + 3, 30_400 + 1000)
+        assert model.rebuilds == before + 2
+
+
+def test_rebuild_schedule_can_count_steps() -> None:
+    arch = Architecture(in_features=8, width=40, depth=2, classes=2)
+    model = build("alsh_approx", arch, rebuild_unit="steps")
+    assert isinstance(model, alsh_approx.ALSHApprox)
+    rebuilt_at = []
+    for step in range(1, 12_001):
+        before = model.rebuilds
+        model.upkeep(step, 20 * step)  # batch 20
+        if model.rebuilds > before:
+            rebuilt_at.append(step)
+    assert rebuilt_at == [*range(100, 10_001, 100), 11_000, 12_000]
 
 
 # --- the sparse paths really skip work ----------------------------------------------------------
