@@ -118,8 +118,19 @@ class CNNModel(MethodModel):
 
     @torch.no_grad()
     def probe_error(self, x: torch.Tensor, batch_size: int) -> list[float]:
-        """The head's probe on the backbone's (exact, evaluation-mode) features."""
-        return self.head.probe_error(self.backbone(x), batch_size)
+        """The head's probe on the backbone's (exact, evaluation-mode) features; for MC-APPROX
+        sampling the convolutions' input channels (its head is exact), the error of the
+        backbone's features themselves, as one value (`layer1`: the classifier's input)."""
+        head = self.head.probe_error(self.backbone(x), batch_size)
+        if head:
+            return head
+        from methods.mc_approx import probe_backbone
+
+        saved = self.random_state()
+        try:
+            return probe_backbone(self.backbone, x, batch_size)
+        finally:
+            self.set_random_state(saved)
 
     def random_state(self) -> dict[str, Any]:
         return {"own": super().random_state(), "head": self.head.random_state()}

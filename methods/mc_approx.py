@@ -412,6 +412,7 @@ class MCConv2d(nn.Conv2d, _PairCounter):
         self.mode = mode
         self.sampling = sampling
         self.generator = generator
+        self.probing = False  # sample in evaluation mode too, uncounted (the probe)
         self.reset_counts()
 
     def choose(
@@ -427,7 +428,7 @@ class MCConv2d(nn.Conv2d, _PairCounter):
         return kept, p.index_select(0, kept).reciprocal()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not self.training and not (self.probing and self.mode == "forward"):
             return F.conv2d(x, self.weight, None, self.stride, self.padding)
         if self.mode == "forward":
             # Pairs: input channel c, (x[:, c], weight[:, c]).
@@ -435,7 +436,8 @@ class MCConv2d(nn.Conv2d, _PairCounter):
                 x.transpose(0, 1).flatten(1).norm(dim=1),
                 self.weight.transpose(0, 1).flatten(1).norm(dim=1),
             )
-            self.count("forward", kept.numel())
+            if not self.probing:
+                self.count("forward", kept.numel())
             if kept.numel() == 0:  # no channel drawn: the estimate is exactly zero
                 return F.conv2d(
                     torch.zeros_like(x[:, :1]), self.weight[:, :1], None, self.stride, self.padding
@@ -578,6 +580,32 @@ def approximate_convolutions(
         else:
             approximate_convolutions(child, hyper, generator)
     return backbone
+
+
+@torch.no_grad()
+def probe_backbone(backbone: nn.Module, x: torch.Tensor, batch_size: int) -> list[float]:
+    """For a backbone whose convolutions sample their input channels (forward mode): the
+    relative error ||f_approx - f|| / ||f|| of its output features (the classifier's input)
+    on the probe batch, in evaluation mode (batch norm's running statistics) both ways; empty
+    in backward mode, where the forward pass is exact. Draws from the sampling generator:
+    the caller saves and restores its state."""
+    convs = [m for m in backbone.modules() if isinstance(m, MCConv2d) and m.mode == "forward"]
+    if not convs:
+        return []
+    num = den = 0.0
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        exact = backbone(chunk)
+        for conv in convs:
+            conv.probing = True
+        try:
+            approx = backbone(chunk)
+        finally:
+            for conv in convs:
+                conv.probing = False
+        num += float((approx - exact).pow(2).sum())
+        den += float(exact.pow(2).sum())
+    return [math.sqrt(num / den) if den > 0 else float("nan")]
 
 
 def conv_stats(backbone: nn.Module) -> dict[str, float]:

@@ -384,31 +384,59 @@ def _ordered_labels(frame: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(_sort_key(frame)["label"]))
 
 
+# The paper's Table 3 is at this depth, with CIFAR-10's row from the CNN.
+TABLE3_DEPTH = 3
+
+
 def accuracy_tables(summary: pd.DataFrame) -> list[GridTable]:
     """Table 3 style: test accuracy (%) per dataset x method and batch setting, one table per
-    depth."""
+    MLP depth. A CNN's classifier depth is not an MLP's: as in the paper, CNN rows join the
+    3-hidden-layer table (when there is one), else form tables of their own."""
     tables: list[GridTable] = []
     if summary.empty:
         return tables
-    for depth, at_depth in summary.groupby("depth", sort=True):
+    mlp = summary[summary["arch"] == "mlp"]
+    cnn = summary[summary["arch"] != "mlp"]
+    groups: list[tuple[str, pd.DataFrame, str]] = []
+    note = "mean ± sample std over seeds; S = batch 1, M = batch 20"
+    for depth, at_depth in mlp.groupby("depth", sort=True):
+        title = f"Test accuracy (%), {depth} hidden layer(s) (paper Table 3 style)"
+        if depth == TABLE3_DEPTH and not cnn.empty:
+            heads = ", ".join(f"{d}" for d in sorted(cnn["depth"].unique()))
+            groups.append(
+                (
+                    title,
+                    pd.concat([at_depth, cnn]),
+                    note + f"; CNN rows: ResNet-18 + a classifier of {heads} hidden FC layer(s)",
+                )
+            )
+            cnn = cnn.iloc[0:0]
+        else:
+            groups.append((title, at_depth, note))
+    for depth, at_depth in cnn.groupby("depth", sort=True):
+        title = (
+            f"Test accuracy (%), CNN: ResNet-18 + {depth} hidden FC layer(s) (paper Table 3 style)"
+        )
+        groups.append((title, at_depth, note))
+    for title, frame, table_note in groups:
         rows = list(
             dict.fromkeys(
-                group_name(d, a) for d, a in zip(at_depth["dataset"], at_depth["arch"], strict=True)
+                group_name(d, a) for d, a in zip(frame["dataset"], frame["arch"], strict=True)
             )
         )
         values = {
             (group_name(r["dataset"], r["arch"]), r["label"]): _stat(r, "test_accuracy", 100.0)
-            for _, r in at_depth.iterrows()
+            for _, r in frame.iterrows()
         }
         tables.append(
             GridTable(
-                title=f"Test accuracy (%), {depth} hidden layer(s) (paper Table 3 style)",
+                title=title,
                 row_header="dataset",
                 rows=sorted(rows),
-                columns=_ordered_labels(at_depth),
+                columns=_ordered_labels(frame),
                 values=values,
                 fmt=".2f",
-                note="mean ± sample std over seeds; S = batch 1, M = batch 20",
+                note=table_note,
             )
         )
     return tables

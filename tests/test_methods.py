@@ -233,6 +233,71 @@ def test_sampled_product_is_unbiased_within_its_variance() -> None:
     assert kept < 40 and float((single - a @ b).abs().max()) > 0.1
 
 
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+def test_sampled_convolution_is_unbiased(mode: str) -> None:
+    """Output, input gradient and weight gradient of a sampled convolution: the mean of many
+    estimates approaches the exact value like 1/sqrt(n) (forward mode samples the input
+    channels; backward mode, output channels for the input gradient and examples for the
+    weight gradient)."""
+    base = torch.nn.Conv2d(16, 12, 3, stride=2, padding=1, bias=False).double()
+    x = torch.randn(6, 16, 7, 7, dtype=torch.float64, generator=gen(20), requires_grad=True)
+    upstream = torch.randn(6, 12, 4, 4, dtype=torch.float64, generator=gen(21))
+    exact = F.conv2d(x, base.weight, None, 2, 1)
+    exact_gx, exact_gw = torch.autograd.grad((exact * upstream).sum(), (x, base.weight))
+    conv = mc_approx.MCConv2d(base, mode, mc_approx.Sampling(k=4), gen(22)).double()
+    conv.train()
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = conv(x)
+        gx, gw = torch.autograd.grad((out * upstream).sum(), (x, conv.weight), allow_unused=True)
+        return (
+            out.detach(),
+            torch.zeros_like(x) if gx is None else gx,
+            torch.zeros_like(conv.weight) if gw is None else gw,
+        )
+
+    n = 1500
+    totals = [torch.zeros_like(exact), torch.zeros_like(x), torch.zeros_like(conv.weight)]
+    for _ in range(n):
+        for total, value in zip(totals, draw(), strict=True):
+            total += value
+    ones = draw()
+    sampled = 0
+    for one, total, truth in zip(ones, totals, (exact, exact_gx, exact_gw), strict=True):
+        truth = truth.detach()
+        err_one = float((one - truth).norm() / truth.norm())
+        err_mean = float((total / n - truth).norm() / truth.norm())
+        if err_one > 1e-9:  # this product is sampled in this mode
+            sampled += 1
+            assert err_mean < err_one / 15, (err_mean, err_one)  # ~1/sqrt(1500) = 1/39
+    # Forward mode samples the output, and so both gradients; backward mode the gradients.
+    assert sampled == (3 if mode == "forward" else 2)
+
+
+def test_cnn_probe_measures_sampled_convolution_features() -> None:
+    arch = Architecture(
+        in_features=3 * 8 * 8, width=16, depth=1, classes=4, kind="cnn", image_shape=(3, 8, 8)
+    )
+    images = torch.randn(10, 3, 8, 8, generator=gen(30))
+    errors = {}
+    for name, hyper in {
+        "forward": {"mode": "forward"},
+        "exact": {"mode": "forward", "k": 10_000, "min_k": 10_000},
+        "backward": {"mode": "backward"},
+    }.items():
+        model = build("mc_approx", arch, **hyper)
+        model.eval()
+        state = model.sampling_generator.get_state()
+        errors[name] = model.probe_error(images, 4)
+        assert torch.equal(model.sampling_generator.get_state(), state)  # training unaffected
+        assert not any(model.epoch_stats().values())  # and its counters too
+    # Sampling 10 of 64+ channels in each of ResNet-18's 20 convolutions compounds: the
+    # features' error is large (Theorem 2's growth), but finite.
+    assert len(errors["forward"]) == 1 and 0.05 < errors["forward"][0] < float("inf")
+    assert errors["exact"] == [0.0]  # every channel kept: the exact features
+    assert errors["backward"] == []  # the forward pass is exact: nothing to probe
+
+
 def test_backward_sampling_is_unbiased_and_forward_exact() -> None:
     layer = mc_approx.MCLinear(30, 50, "backward", mc_approx.Sampling(k=5), gen(4)).double()
     x = torch.randn(8, 30, dtype=torch.float64, generator=gen(5), requires_grad=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,7 +338,7 @@ def test_every_figure_is_a_nonempty_png_referenced_by_the_page(
     assert "Fabricated CPU 9000 (45 cells)" in page
     assert "torch threads observed**: 1 (45 cells)" in page
     assert "node-a (30 cells), node-b (15 cells)" in page
-    assert "alsh_approx v1" in page and "2.99.0" in page
+    assert f"alsh_approx v{METHODS['alsh_approx'].version}" in page and "2.99.0" in page
     assert "The job file expands to 45 cells: 45 done, 0 failed, 0 missing" in page
 
 
@@ -524,3 +525,35 @@ def test_labels_tell_apart_only_configurations_drawn_in_the_same_place() -> None
         ("mnist", 0.1): "STANDARD_S lr=0.1",
         ("mnist", 0.01): "STANDARD_S lr=0.01",
     }
+
+
+def test_table3_puts_the_cnn_row_beside_the_mlps_at_depth_3(tmp_path: Path) -> None:
+    """As the paper's Table 3: CIFAR-10's row is the CNN (classifier depth 1), the other rows
+    3-hidden-layer MLPs; without a depth-3 table the CNN gets a table of its own."""
+    job = """
+        name = "t3"
+        [grid]
+        method = ["standard", "mc_approx"]
+        dataset = ["mnist", "cifar10"]
+        [params]
+        depth = 3
+        epochs = 3
+        [[override]]
+        where = { dataset = "cifar10" }
+        set = { arch = "cnn", depth = 1 }
+    """
+    made = fabricate(tmp_path / "t3", textwrap.dedent(job))
+    (table,) = build_report(made.root).analysis.accuracy
+    assert table.title == "Test accuracy (%), 3 hidden layer(s) (paper Table 3 style)"
+    assert table.rows == ["cifar10 (cnn)", "mnist"]
+    cnn = next(r for r in made.rows.values() if r["arch"] == "cnn" and r["method"] == "standard")
+    stat = table.get("cifar10 (cnn)", "STANDARD_S")
+    assert stat is not None and stat.mean == pytest.approx(100 * cnn["test_accuracy"])
+    assert "CNN rows: ResNet-18 + a classifier of 1 hidden FC layer(s)" in table.note
+
+    alone = fabricate(tmp_path / "cnn", textwrap.dedent(job).replace("depth = 3", "depth = 2"))
+    titles = [t.title for t in build_report(alone.root).analysis.accuracy]
+    assert titles == [
+        "Test accuracy (%), 2 hidden layer(s) (paper Table 3 style)",
+        "Test accuracy (%), CNN: ResNet-18 + 1 hidden FC layer(s) (paper Table 3 style)",
+    ]
