@@ -135,10 +135,19 @@ METHODS: dict[str, MethodInfo] = {
             summary="Asymmetric-LSH active-node selection (Spring & Shrivastava 2017; §5.2).",
             module="methods.alsh_approx",
             params=(
+                # Each table keeps 2^K bucket offsets: K = 30 would take 8 GB per table, and
+                # beyond ~log2(units) bits nearly every bucket is empty anyway.
                 Param(
-                    "K", int, 6, "bits per hash signature (paper §9.4: 6)", minimum=1, maximum=30
+                    "K",
+                    int,
+                    6,
+                    "bits per hash signature, 2^K buckets per table (paper §9.4: 6)",
+                    minimum=1,
+                    maximum=16,
                 ),
-                Param("L", int, 5, "hash tables per layer (paper §9.4: 5)", minimum=1),
+                Param(
+                    "L", int, 5, "hash tables per layer (paper §9.4: 5)", minimum=1, maximum=64
+                ),
                 Param(
                     "m",
                     int,

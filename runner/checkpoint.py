@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import ResultsError
+from runner.store import TEMP_SUFFIX
 
 if TYPE_CHECKING:
     from runner.cells import Cell
@@ -66,7 +67,7 @@ def checkpoint_path(results_root: str | os.PathLike[str], key: str) -> Path:
 
 def _write_atomically(path: Path, write: Any) -> None:
     """Call write(file) on a temporary file beside `path`, fsync, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -176,7 +177,7 @@ class CellCheckpoints:
                 "--retry-failed."
             )
         # A temporary file of this cell's own is left over from a crash mid-write.
-        for stale in self.directory.glob(f".{self.path.name}.*.tmp"):
+        for stale in self.directory.glob(f".{self.path.name}.*{TEMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 stale.unlink()
 

@@ -28,7 +28,7 @@ from runner.estimate import Estimator, load_bench, longest_first, makespan
 from runner.grid import expand
 from runner.report import GridTable, format_stat, group_name
 from runner.spec import JobSpec, load_spec, parse_spec
-from runner.store import Ledger, ResultsStore
+from runner.store import TEMP_SUFFIX, Ledger, ResultsStore
 from runner.sweep import SweepPlan, make_plan
 
 # Piped output (CI logs, files) gets wide lines rather than tables squeezed to 80 columns.
@@ -82,7 +82,8 @@ def _tidy(store: ResultsStore, ledger: Ledger) -> None:
     folder = checkpoints_dir(store.root)
     stale = [p.stem for p in folder.glob("*.pt") if p.stem in ledger.done]
     removed += [folder / f"{key}.pt" for key in stale if discard_checkpoint(store.root, key)]
-    for path in folder.glob(".*.tmp"):  # no cell runs yet: a cell's temporary file is stale
+    # No cell runs yet: a cell's temporary file is stale.
+    for path in folder.glob(f".*{TEMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             path.unlink()
             removed.append(path)
@@ -91,6 +92,13 @@ def _tidy(store: ResultsStore, ledger: Ledger) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from runner.sweep import interrupt_handling
+
+    with interrupt_handling():  # covers Ray's start-up and shut-down too
+        return _submit(args)
+
+
+def _submit(args: argparse.Namespace) -> int:
     from runner.checkpoint import prepare_checkpoints
     from runner.datasets.locations import downloads_allowed, resolve_data_root
     from runner.executors import Executor, RayExecutor, SerialExecutor
@@ -98,6 +106,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from runner.sweep import run_sweep
 
     spec = load_spec(args.job)
+    expansion = expand(spec)
+    if not expansion.cells:
+        raise CpusweepError(
+            f"{args.job}: the job has no cells: its [[exclude]] tables drop every combination "
+            "of the grid; loosen them (`python -m runner plan` shows the cells)"
+        )
     store = ResultsStore(_results_dir(spec, args.results))
     store.prepare()
     with store.lock():
@@ -110,7 +124,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     f"[yellow]warning:[/] {escape(str(path))} is unreadable ({escape(problem)}): "
                     f"moved to {escape(str(target))}; that cell will run again"
                 )
-        expansion = expand(spec)
         _print_warnings(expansion.warnings)
         plan = make_plan(expansion.cells, store.scan(), args.retry_failed)
         # Longest cells first (estimated from finished cells where there are some).
@@ -163,8 +176,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     if summary.interrupted:
         stopped = (
-            f" {summary.stopped} cell(s) in flight were stopped, not failed: they run again "
-            "on the next submit, from their last checkpoint if they have one."
+            f" {summary.stopped} cell(s) running or queued were stopped, not failed: they run "
+            "again on the next submit, from their last checkpoint if they have one."
             if summary.stopped
             else ""
         )
@@ -266,21 +279,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     from runner.failures import FAILURE_HINTS, class_counts
 
     store = ResultsStore(args.results_dir)
-    if not store.root.is_dir():
-        raise CpusweepError(f"{store.root} is not a results folder (it does not exist)")
+    store.check_readable_folder()
     ledger = store.scan()
     root = escape(str(store.root))
-    text = store.job_text()
     cells = None
-    if text is not None:
-        try:
+    try:
+        text = store.job_text()
+        if text is not None:
             spec = parse_spec(text, str(store.root / "job.toml"))
             cells = expand(spec).cells
-        except CpusweepError as exc:  # e.g. a dataset renamed since: say so, show the rest
-            err_console.print(
-                "[yellow]warning:[/] the job file does not expand with this version of the "
-                f"code: {escape(str(exc))}"
-            )
+    except CpusweepError as exc:  # e.g. a dataset renamed since: say so, show the rest
+        err_console.print(
+            "[yellow]warning:[/] the job file does not expand with this version of the "
+            f"code: {escape(str(exc))}"
+        )
     if cells is not None:
         plan = make_plan(cells, ledger, retry_failed=False)
         console.print(f"[bold]{spec.name}[/] ({root}): {_counts_line(plan)}")
@@ -711,22 +723,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --- entry point -----------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runner",
         description="Run resumable sweeps of sampling-based training methods on CPUs.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    # -v after the command too (`submit JOB -v`); SUPPRESS keeps the top-level one otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("submit", help="run a job's cells that are not done yet (the resume)")
+    p = sub.add_parser(
+        "submit", help="run a job's cells that are not done yet (the resume)", parents=[common]
+    )
     p.add_argument("job", help="job file (TOML)")
     p.add_argument("--results", help="results folder (default: results/<name>)")
     p.add_argument(
         "--data-root",
         help="dataset folder (default: $CPUSWEEP_DATA_ROOT, else ~/.cache/cpusweep/data)",
     )
-    p.add_argument("--cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
     p.add_argument(
         "--address", help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)"
     )
@@ -739,20 +768,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="re-run cells that failed")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("plan", help="show the cells and what is done, without running")
+    p = sub.add_parser(
+        "plan", help="show the cells and what is done, without running", parents=[common]
+    )
     p.add_argument("job")
     p.add_argument("--results")
     p.add_argument("--all", action="store_true", help="list every cell")
     p.add_argument("--bench", help="a `runner bench --json` file, for time estimates")
-    p.add_argument("--cpus", type=int, help="CPUs the sweep will have (default: this machine's)")
+    p.add_argument(
+        "--cpus", type=_positive_int, help="CPUs the sweep will have (default: this machine's)"
+    )
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("status", help="what a results folder holds: done, failed, to run")
+    p = sub.add_parser(
+        "status", help="what a results folder holds: done, failed, to run", parents=[common]
+    )
     p.add_argument("results_dir")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
-        "report", help="tables, figures and a page from a results folder (and Parquet files)"
+        "report",
+        help="tables, figures and a page from a results folder (and Parquet files)",
+        parents=[common],
     )
     p.add_argument("results_dir")
     p.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
@@ -763,7 +800,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("bench", help="time each method against a plain PyTorch loop")
+    p = sub.add_parser(
+        "bench", help="time each method against a plain PyTorch loop", parents=[common]
+    )
     p.add_argument(
         "--methods",
         type=_csv(str),
@@ -806,16 +845,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cell-seconds", type=float, default=5.0, help="about how long each --sweep cell trains"
     )
-    p.add_argument("--cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("data", help="list and prepare datasets in the data root")
+    p = sub.add_parser("data", help="list and prepare datasets in the data root", parents=[common])
     data = p.add_subparsers(dest="data_command", required=True)
     data_root_help = "dataset folder (default: $CPUSWEEP_DATA_ROOT, else ~/.cache/cpusweep/data)"
-    p = data.add_parser("list", help="official files (sizes, sha256) and prepared splits")
+    p = data.add_parser(
+        "list", help="official files (sizes, sha256) and prepared splits", parents=[common]
+    )
     p.add_argument("--data-root", help=data_root_help)
     p.set_defaults(func=cmd_data_list)
-    p = data.add_parser("prepare", help="fetch (where allowed) and convert datasets")
+    p = data.add_parser(
+        "prepare", help="fetch (where allowed) and convert datasets", parents=[common]
+    )
     p.add_argument("names", nargs="+", metavar="NAME", help="dataset name(s)")
     p.add_argument("--data-root", help=data_root_help)
     p.add_argument("--split-seed", type=int, default=0, help="validation split seed (default 0)")

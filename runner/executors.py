@@ -152,6 +152,24 @@ def _connection_hint(exc: BaseException) -> str:
     return "Check the address and that the cluster is up (ray status)."
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when nothing listens at a `host:port` (or `ray://host:port`) address: Ray
+    itself keeps retrying for minutes. Other forms (`auto`, ...) are left to Ray."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(
+            f"nothing answers at {address} ({exc.strerror or exc}): is the Ray head running "
+            "there (`ray status` on it), and its port (6379 by default; 10001 for ray://) "
+            "reachable from here? For the Docker cluster, see the README's Clusters section."
+        ) from None
+
+
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
@@ -184,7 +202,9 @@ class RayExecutor(Executor):
         pin_cores: int = 0,
     ):
         address = address or os.environ.get("RAY_ADDRESS") or None
-        if not address:
+        if address:
+            _check_reachable(address)
+        else:
             _loopback_only()
         # The owner of a task (this driver) decides how often an out-of-memory kill is retried
         # (Ray's default: forever); once is enough to ride out a passing memory spike.

@@ -173,13 +173,15 @@ def _expected_cells(job_text: str | None, source: str) -> tuple[list[Cell] | Non
 
 def load_sweep(results_dir: str | Path) -> SweepData:
     store = ResultsStore(results_dir)
-    if not store.root.is_dir():
-        raise ResultsError(f"{store.root} is not a results folder (it does not exist)")
+    store.check_readable_folder()
     table, unreadable = store.read_results()
     ledger = store.scan()
     unreadable = sorted(set(unreadable) | set(ledger.corrupt))
-    job_text = store.job_text()
-    expected, problem = _expected_cells(job_text, str(store.root / "job.toml"))
+    try:
+        job_text = store.job_text()
+        expected, problem = _expected_cells(job_text, str(store.root / "job.toml"))
+    except ResultsError as exc:
+        job_text, expected, problem = None, None, str(exc)
     done = set() if table is None else set(table.column("cell_key").to_pylist())
     expected_keys = {c.key for c in expected} if expected is not None else set()
     missing = [c for c in expected or [] if c.key not in done and c.key not in ledger.failed]
@@ -877,7 +879,7 @@ def build_report(
     out = Path(out_dir) if out_dir else data.root / "report"
     try:  # before anything is computed: a folder that cannot take the report says so now
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test.{os.getpid()}"
+        probe = out / f".cpusweep-write-test.{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:

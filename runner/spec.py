@@ -113,7 +113,7 @@ _TOP_LEVEL = (
     "exclude",
     "resources",
 )
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,12 @@ class _Collector:
 def _flatten(table: Mapping[str, Any], where: str, out: _Collector) -> dict[str, Any]:
     """`{lr: 1, mc_approx: {k: 5}}` -> `{"lr": 1, "mc_approx.k": 5}` (one level of methods)."""
     flat: dict[str, Any] = {}
+
+    def put(name: str, value: Any) -> None:
+        if name in flat:  # e.g. "dropout.keep" = [...] beside [grid.dropout] keep = [...]
+            out.add(f"{where}.{_k(name)}: given twice (dotted and as a table); keep one")
+        flat[name] = value
+
     for key, value in table.items():
         if isinstance(value, dict):
             if key not in METHODS:
@@ -242,9 +248,9 @@ def _flatten(table: Mapping[str, Any], where: str, out: _Collector) -> dict[str,
                 if isinstance(hv, dict):
                     out.add(f"{where}.{_k(key)}.{_k(hyper)}: nested tables are not allowed here")
                     continue
-                flat[f"{key}.{hyper}"] = hv
+                put(f"{key}.{hyper}", hv)
         else:
-            flat[key] = value
+            put(key, value)
     return flat
 
 
@@ -313,10 +319,10 @@ def parse_spec(text: str, source: str = "<job>") -> JobSpec:
     name = doc.get("name")
     if name is None:
         out.add('name: missing; add e.g. name = "my-sweep" (it names the results folder)')
-    elif not isinstance(name, str) or not _NAME_RE.match(name):
+    elif not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         out.add(
-            f"name: {name!r} must be 1-100 letters, digits, '.', '_' or '-' "
-            "(it becomes a folder name)"
+            f"name: {name!r} must be an ASCII letter or digit followed by up to 99 letters, "
+            "digits, '.', '_' or '-' (it becomes a folder name)"
         )
     description = doc.get("description", "")
     if not isinstance(description, str):

@@ -43,7 +43,10 @@ log = logging.getLogger("cpusweep")
 
 _PARQUET_MAGIC = b"PAR1"
 _DIGEST_KEY = b"cpusweep.row_sha256"
-_TEMP_SUFFIX = ".tmp"
+# Temporary files are named so that tidy() can never mistake a user's file for one of ours
+# (results may be written into a folder that holds other things).
+TEMP_SUFFIX = ".cpusweep-tmp"
+_WRITE_TEST_PREFIX = ".cpusweep-write-test."
 
 
 @dataclass
@@ -76,7 +79,7 @@ def _explain_os_error(exc: OSError, path: Path) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TEMP_SUFFIX}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -153,10 +156,18 @@ class ResultsStore:
 
     def prepare(self) -> None:
         """Create the folders and prove they are writable, before any cell runs."""
+        for folder in (self.root, *self.root.parents):
+            if folder.exists() and not folder.is_dir():
+                raise ResultsError(
+                    f"{folder} is a file, so {self.root} cannot be a results folder; "
+                    "pick another --results"
+                )
+            if folder.exists():
+                break
         try:
             for folder in (self.root, self.cells_dir, self.failed_dir, self.root / "jobs"):
                 folder.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test.{os.getpid()}"
+            probe = self.root / f"{_WRITE_TEST_PREFIX}{os.getpid()}"
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
@@ -195,8 +206,31 @@ class ResultsStore:
         atomic_write_bytes(self.root / "job.toml", data)
 
     def job_text(self) -> str | None:
+        """The job file of the latest submit, None if there is none; ResultsError if it
+        cannot be read as text."""
         path = self.root / "job.toml"
-        return path.read_text(encoding="utf-8") if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as exc:
+            raise ResultsError(
+                f"{path} cannot be read as the job file ({exc}); it is a copy of the job file "
+                "the sweep was submitted with: submit that file again to replace it"
+            ) from None
+
+    def check_readable_folder(self) -> None:
+        """ResultsError unless the root is a results folder (for commands that only read)."""
+        if not self.root.exists():
+            raise ResultsError(f"{self.root} is not a results folder (it does not exist)")
+        if not self.root.is_dir():
+            raise ResultsError(f"{self.root} is a file, not a results folder")
+        markers = ("job.toml", "cells", "failed", "checkpoints")
+        if not any((self.root / m).exists() for m in markers):
+            raise ResultsError(
+                f"{self.root} is not a results folder: it holds none of job.toml, cells/, "
+                "failed/ (submit writes to results/<job name> unless --results says otherwise)"
+            )
 
     # --- the ledger ---------------------------------------------------------------------------
 
@@ -272,8 +306,8 @@ class ResultsStore:
         stale: list[Path] = []
         for folder in (self.root, self.cells_dir, self.failed_dir, self.root / "jobs"):
             if folder.is_dir():
-                stale += [p for p in folder.glob(".*") if p.name.endswith(_TEMP_SUFFIX)]
-                stale += folder.glob(".write-test.*")
+                stale += [p for p in folder.glob(".*") if p.name.endswith(TEMP_SUFFIX)]
+                stale += folder.glob(_WRITE_TEST_PREFIX + "*")
         stale += [self.failure_path(key) for key in ledger.done if self.failure_path(key).exists()]
         removed = []
         for path in stale:

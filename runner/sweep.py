@@ -52,7 +52,7 @@ class SweepSummary:
     finished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     interrupted: bool = False
-    stopped: int = 0  # cells running when interrupted: left to do (not failed), checkpoints kept
+    stopped: int = 0  # cells running or queued when interrupted: left to do, checkpoints kept
     seconds: float = 0.0
 
 
@@ -67,22 +67,44 @@ def make_plan(cells: Sequence[Cell], ledger: Ledger, retry_failed: bool) -> Swee
     return SweepPlan(cells=list(cells), done=done, failed=failed, todo=todo)
 
 
+_handling_depth = 0  # nesting of interrupt_handling() contexts
+_stopping = False  # an interrupt arrived: later ones are acknowledged, not raised
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _stopping
+    if _stopping:
+        log.warning("already stopping: cancelling the cells in flight, then saying how to resume")
+        return
+    _stopping = True
+    raise KeyboardInterrupt
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Let `kill` (SIGTERM) stop a sweep as cleanly as Ctrl-C does."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
+def interrupt_handling() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and `kill` (SIGTERM) stop a sweep alike, by a KeyboardInterrupt; after
+    the first, further ones are only acknowledged, so that cancelling the cells in flight,
+    shutting Ray down and telling the user how to resume are not cut short, nor the exit
+    code 130 that follows. Contexts nest; unless a signal came, the outermost restores the
+    previous handlers."""
+    global _handling_depth, _stopping
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in saved:
+            signal.signal(sig, _on_signal)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
+    _handling_depth += 1
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _handling_depth -= 1
+        # Once stopping, the process is on its way out with the user told how to resume: a
+        # late signal must not turn that into a death by signal, so it stays acknowledged.
+        if not (_stopping and _handling_depth == 0):
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
 
 
 def run_sweep(
@@ -100,7 +122,7 @@ def run_sweep(
     in_flight: dict[Any, Cell] = {}
     start = time.perf_counter()
     listener.started(plan, executor)
-    with _sigterm_as_interrupt():
+    with interrupt_handling():
         try:
             while queue or in_flight:
                 while queue and len(in_flight) < limit:
@@ -131,7 +153,7 @@ def run_sweep(
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.stopped = len(in_flight)
-            log.info("interrupted: cancelling %d running cell(s)", len(in_flight))
+            log.info("interrupted: cancelling %d cell(s) running or queued", len(in_flight))
             executor.cancel(list(in_flight))
     summary.seconds = time.perf_counter() - start
     return summary

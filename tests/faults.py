@@ -81,7 +81,7 @@ def assert_complete(results: Path, expected: set[str]) -> None:
     for path in files:  # each file is a whole, readable row about its own cell
         keys = pq.read_table(path, columns=["cell_key"]).column("cell_key").to_pylist()
         assert keys == [path.stem], path
-    leftovers = [p for p in results.rglob("*") if p.name.endswith(".tmp")]
+    leftovers = [p for p in results.rglob("*") if p.name.endswith(".cpusweep-tmp")]
     assert not leftovers, f"temporary files left behind: {leftovers}"
     failed = {p.stem for p in (results / "failed").glob("*.json")}
     assert not failed & expected, "a finished cell still has a failure record"

@@ -355,7 +355,7 @@ def test_sweep_leaves_no_checkpoint_behind(tmp_path: Path) -> None:
     assert len(list((results / "cells").glob("*.parquet"))) == 2
     assert (results / "checkpoints" / TOKEN_FILE).exists()
     assert not list((results / "checkpoints").glob("*.pt"))
-    assert not list((results / "checkpoints").glob(".*.tmp"))
+    assert not list((results / "checkpoints").glob(".*.cpusweep-tmp"))
 
 
 class CannedExecutor(Executor):

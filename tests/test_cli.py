@@ -128,6 +128,85 @@ def test_status_tells_resumable_checkpoints_from_orphaned_ones(
     assert orphan.exists()  # status deletes nothing
 
 
+def test_reading_commands_refuse_what_is_not_a_results_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("not a folder")
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    for command in ("status", "report"):
+        assert main([command, str(a_file)]) == 2
+        assert f"{a_file} is a file, not a results folder" in capsys.readouterr().err
+        assert main([command, str(unrelated)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "is not a results folder: it holds none of job.toml, cells/, failed/" in err
+    assert not list(unrelated.iterdir())  # nothing written there
+
+
+def test_a_results_path_through_a_file_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_job(
+        tmp_path / "j.toml",
+        """
+        name = "j"
+        [params]
+        method = "standard"
+        dataset = "digits"
+    """,
+    )
+    a_file = tmp_path / "afile"
+    a_file.write_text("keep me")
+    for results in (a_file, a_file / "sub"):
+        assert main(["submit", str(job), "--results", str(results), "--executor", "serial"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"{a_file} is a file, so {results} cannot be a results folder" in err
+    assert a_file.read_text() == "keep me"
+
+
+def test_a_job_file_copy_that_is_not_text_does_not_stop_status_or_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "results")
+    store.prepare()
+    (store.root / "job.toml").write_bytes(b'name = "x"\n\xff\n')
+    assert main(["status", str(store.root)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "job.toml cannot be read as the job file" in " ".join(captured.err.split())
+    assert main(["report", str(store.root), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    said = " ".join((captured.out + captured.err).split())
+    assert "job.toml cannot be read as the job file" in said
+    assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_a_job_with_every_cell_excluded_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_job(
+        tmp_path / "none.toml",
+        """
+        name = "none"
+        [grid]
+        depth = [1, 2]
+        [params]
+        method = "standard"
+        dataset = "digits"
+        [[exclude]]
+        depth = [1, 2]
+    """,
+    )
+    results = tmp_path / "results"
+    assert main(["submit", str(job), "--results", str(results), "--executor", "serial"]) == 2
+    assert "the job has no cells" in " ".join(capsys.readouterr().err.split())
+    assert not results.exists()
+
+
 def test_data_prepare_then_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from runner.datasets.files import digest
     from tests.conftest import MNIST_FILES, fabricate_mnist_like, fabricate_norb
@@ -231,3 +310,20 @@ def test_data_prepare_rejects_unknown_names_before_fetching(
     assert code == 2
     assert "unknown dataset 'imagenet'; valid: digits, mnist," in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_verbose_goes_anywhere_and_cpus_must_be_positive(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from runner.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["submit", "j.toml", "-v"]).verbose
+    assert parser.parse_args(["-v", "submit", "j.toml"]).verbose
+    assert not parser.parse_args(["submit", "j.toml"]).verbose
+    assert parser.parse_args(["data", "list", "-v"]).verbose
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(["submit", "j.toml", "--cpus", bad])
+        assert exit_info.value.code == 2
+        assert "argument --cpus" in capsys.readouterr().err

@@ -1,8 +1,17 @@
-"""The Ray executor's advice when it cannot join a cluster."""
+"""The Ray executor's advice when it cannot join a cluster, and how fast it gives it."""
 
 from __future__ import annotations
 
-from runner.executors import _connection_hint
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.errors import ExecutorError
+from runner.executors import _check_reachable, _connection_hint
 
 
 def _raised(exc: BaseException, cause: BaseException) -> BaseException:
@@ -30,3 +39,28 @@ def test_joining_without_the_token_says_which_variables_to_set() -> None:
 def test_other_connection_failures_point_at_the_cluster() -> None:
     hint = _connection_hint(_raised(ConnectionError("refused"), OSError("connection refused")))
     assert "ray status" in hint and "TOKEN" not in hint
+
+
+def test_an_address_where_nothing_listens_fails_fast(tmp_path: Path) -> None:
+    """Ray would retry for minutes; the runner says at once what to check (exit code 2)."""
+    with socket.socket() as probe:  # a loopback port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = tmp_path / "j.toml"
+    job.write_text('name = "j"\n[params]\nmethod = "standard"\ndataset = "digits"\n')
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "runner", "submit", str(job), "--address", address],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        said = " ".join(result.stderr.split())
+        assert f"nothing answers at {address}" in said and "Traceback" not in said
+        assert time.monotonic() - started < 60
+    with pytest.raises(ExecutorError, match="nothing answers"):
+        _check_reachable(f"localhost:{port}")
+    _check_reachable("auto")  # left to Ray

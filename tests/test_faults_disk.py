@@ -100,7 +100,7 @@ def test_disk_full_mid_sweep_keeps_every_finished_cell(
     def filling_open(path: Any, mode: str = "r", *a: Any, **k: Any) -> Any:
         handle = real_open(path, mode, *a, **k)
         name = Path(path).name
-        if "w" in mode and ".parquet." in name and name.endswith(".tmp"):
+        if "w" in mode and ".parquet." in name and name.endswith(".cpusweep-tmp"):
             writes["results"] += 1
             if writes["results"] >= 3:
                 return HalfWritten(handle)
@@ -115,7 +115,7 @@ def test_disk_full_mid_sweep_keeps_every_finished_cell(
     assert len(stored) == 2
     for name in stored:
         read_result(results / "cells" / name)  # whole
-    assert not [p for p in results.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in results.rglob("*") if p.name.endswith(".cpusweep-tmp")]
     assert not list((results / "failed").glob("*"))
     waiting = list((results / "checkpoints").glob("*.pt"))
     assert len(waiting) == 1  # the computed cell whose result could not be stored
@@ -146,7 +146,7 @@ def test_a_full_filesystem_stops_before_any_cell_runs(
     err = capsys.readouterr().err.replace("\n", "")
     assert f"the disk holding {results} is full (No space left on device)" in err
     assert _snapshot(results) == before
-    assert not [p for p in results.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in results.rglob("*") if p.name.endswith(".cpusweep-tmp")]
     assert len(result_keys(results)) == 2
 
     filler.unlink()

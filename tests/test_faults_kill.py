@@ -6,10 +6,12 @@ it; the Ray ones start their local Ray themselves."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,22 +189,60 @@ def test_what_a_driver_killed_mid_write_leaves_is_cleared(tmp_path: Path) -> Non
     done = result_keys(results)
     key = done[0]
     leftovers = [
-        results / "cells" / f".{key}.parquet.4242.tmp",
-        results / "failed" / f".{key}.json.4242.tmp",
-        results / ".job.toml.4242.tmp",
-        results / "jobs" / ".0123456789ab.toml.4242.tmp",
-        results / ".write-test.4242",
-        results / "checkpoints" / f".{key}.pt.4242.tmp",
+        results / "cells" / f".{key}.parquet.4242.cpusweep-tmp",
+        results / "failed" / f".{key}.json.4242.cpusweep-tmp",
+        results / ".job.toml.4242.cpusweep-tmp",
+        results / "jobs" / ".0123456789ab.toml.4242.cpusweep-tmp",
+        results / ".cpusweep-write-test.4242",
+        results / "checkpoints" / f".{key}.pt.4242.cpusweep-tmp",
         results / "failed" / f"{key}.json",  # a failure record of a cell that is done
         results / "checkpoints" / f"{key}.pt",  # a checkpoint of a cell that is done
     ]
     for path in leftovers:
         path.write_bytes(b"half")
+    # Files of the user's own in the results folder look alike but are never touched.
+    theirs = [results / ".editor-swap.tmp", results / ".write-test.1", results / "notes.tmp"]
+    for path in theirs:
+        path.write_bytes(b"precious")
     results_before = {k: (results / "cells" / f"{k}.parquet").read_bytes() for k in done}
 
     digits_job(tmp_path / "j.toml", "leftovers", seeds=[0, 1, 2])  # one more cell to run
     assert main(args) == 0
     assert not [p for p in leftovers if p.exists()]
+    assert all(p.read_bytes() == b"precious" for p in theirs)
     assert_complete(results, job_keys(job))
     for k, data in results_before.items():
         assert (results / "cells" / f"{k}.parquet").read_bytes() == data
+
+
+@pytest.mark.parametrize("executor", ["serial", "ray"])
+def test_ctrl_c_pressed_again_while_stopping_still_stops_cleanly(
+    tmp_path: Path, executor: str
+) -> None:
+    """An impatient user: Ctrl-C, then Ctrl-C and `kill` while the sweep cancels its cells
+    and shuts down. The later ones are acknowledged, not obeyed: exit 130, the summary and
+    the resume command; the same command then finishes the sweep."""
+    job = long_job(tmp_path, f"impatient-{executor}", seeds=[0, 1, 2], epochs=4)
+    results = tmp_path / "results"
+    args = ["submit", str(job), "--results", str(results), "--executor", executor]
+    if executor == "ray":
+        args += ["--cpus", "2"]
+    driver = Driver(args, tmp_path, cli_env(), tmp_path / "driver.log")
+    try:
+        wait_for(lambda: list((results / "checkpoints").glob("*.pt")), "a checkpoint", driver)
+        driver.process.send_signal(signal.SIGINT)
+        for again in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+            time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                driver.process.send_signal(again)
+    finally:
+        code, output = driver.finish()
+    # 130; or, when a late signal lands during the interpreter's own shutdown (after all was
+    # said, once Python has put the default handlers back), death by that signal.
+    assert code in (130, -signal.SIGINT, -signal.SIGTERM), output
+    assert "Interrupted." in output and "Every finished cell is saved" in output, output
+    assert "Resume with:" in output and "Traceback" not in output, output
+
+    code, output = run_cli(args, cwd=tmp_path)
+    assert code == 0, output
+    assert_complete(results, job_keys(job))

@@ -77,6 +77,37 @@ def test_axis_and_scalar_conflict_and_duplicates() -> None:
     assert any("depth: set both as an axis" in p for p in problems)
 
 
+def test_an_axis_given_twice_and_a_name_with_a_newline_are_refused() -> None:
+    problems = spec_problems("""
+        name = "abc\\n"
+        [grid]
+        "dropout.keep" = [0.1]
+        [grid.dropout]
+        keep = [0.2]
+        [params]
+        method = "dropout"
+        dataset = "digits"
+    """)
+    assert problems == [
+        "name: 'abc\\n' must be an ASCII letter or digit followed by up to 99 letters, digits, "
+        "'.', '_' or '-' (it becomes a folder name)",
+        "grid.dropout.keep: given twice (dotted and as a table); keep one",
+    ]
+
+
+def test_alsh_table_sizes_are_bounded() -> None:
+    problems = spec_problems("""
+        name = "x"
+        [params]
+        method = "alsh_approx"
+        dataset = "digits"
+        [methods.alsh_approx]
+        K = 30
+    """)
+    assert len(problems) == 1 and "methods.alsh_approx.K" in problems[0]
+    assert "16" in problems[0]
+
+
 def test_lists_in_params_point_to_grid_and_tables_to_methods() -> None:
     problems = spec_problems("""
         name = "x"
