@@ -85,8 +85,8 @@ def interrupt_handling() -> Iterator[None]:
     """Ctrl-C (SIGINT) and `kill` (SIGTERM) stop a sweep alike, by a KeyboardInterrupt; after
     the first, further ones are only acknowledged, so that cancelling the cells in flight,
     shutting Ray down and telling the user how to resume are not cut short, nor the exit
-    code 130 that follows. Contexts nest; unless a signal came, the outermost restores the
-    previous handlers."""
+    code 130 that follows. Entering (again) installs the handlers, whatever replaced them
+    meanwhile; unless a signal came, the outermost context restores the previous ones."""
     global _handling_depth, _stopping
     try:
         saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -100,9 +100,11 @@ def interrupt_handling() -> Iterator[None]:
         yield
     finally:
         _handling_depth -= 1
-        # Once stopping, the process is on its way out with the user told how to resume: a
-        # late signal must not turn that into a death by signal, so it stays acknowledged.
-        if not (_stopping and _handling_depth == 0):
+        # Only the outermost context restores: an inner one would put back what Ray's
+        # start-up installed (a SIGTERM handler that kills every Ray process and exits 1,
+        # summary unsaid). And once stopping, the process is on its way out with the user
+        # told how to resume: a late signal stays acknowledged, not a death by signal.
+        if _handling_depth == 0 and not _stopping:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
 
