@@ -211,4 +211,5 @@ def test_a_results_path_that_cannot_be_a_folder_stops_before_any_cell_runs(
     code = main(["submit", str(job), "--results", str(results), "--executor", "serial"])
     assert code == 2
     err = capsys.readouterr().err.replace("\n", "")
-    assert f"cannot write {results}" in err and "Traceback" not in err
+    assert f"{blocker} is a file, so {results} cannot be a results folder" in err
+    assert "Traceback" not in err
