@@ -175,6 +175,8 @@ def _train_cell(
         download=downloads_allowed() if download is None else download,
         flatten=kind == "mlp",  # the CNN takes images
     )
+    if v.get("train_limit") is not None:
+        splits = splits.limited(int(v["train_limit"]), int(v["split_seed"]))
     load_seconds = time.perf_counter() - t0
 
     arch = Architecture(
@@ -204,7 +206,6 @@ def _train_cell(
         settings,
         epochs=int(v["epochs"]),
         shuffle_generator=torch.Generator().manual_seed(derive_seed(seed, "shuffle")),
-        train_limit=v.get("train_limit"),
         resume_state=resumed.state if resumed else None,
         on_checkpoint=checkpoints.save if checkpoints else None,
         checkpoint_every=policy.every if policy else 0,

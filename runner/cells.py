@@ -21,6 +21,9 @@ from runner.datasets.registry import DATASETS
 
 # Bump when the shared training loop (runner/trainer.py) changes in a way that changes results.
 TRAINER_VERSION = 1
+# Bump when what `train_limit` selects changes; part of the key of those cells only (2: a
+# seeded random subset, no longer the first N examples of the file).
+TRAIN_LIMIT_VERSION = 2
 
 KEY_LENGTH = 16  # hex digits of sha256: 64 bits, no collision in any realistic sweep
 
@@ -51,13 +54,16 @@ class Cell:
 
     def identity(self) -> dict[str, Any]:
         """Everything the key is derived from."""
-        return {
+        identity = {
             "values": dict(self.values),
             "method_version": METHODS[self.method].version,
             "dataset_version": DATASETS[self.dataset].version,
             "trainer_version": TRAINER_VERSION,
             "torch_threads": self.torch_threads,
         }
+        if self.values.get("train_limit") is not None:
+            identity["train_limit_version"] = TRAIN_LIMIT_VERSION
+        return identity
 
     @cached_property
     def key(self) -> str:

@@ -93,7 +93,8 @@ SHARED_PARAMS: tuple[Param, ...] = (
         "train_limit",
         int,
         None,
-        "use only the first N training examples (quick jobs)",
+        "train on a random N of the training examples, the same for every cell of a "
+        "split_seed (quick jobs)",
         minimum=1,
         optional=True,
     ),

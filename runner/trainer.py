@@ -123,7 +123,6 @@ def train(
     settings: TrainSettings,
     epochs: int,
     shuffle_generator: torch.Generator,
-    train_limit: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     resume_state: LoopState | None = None,
     on_checkpoint: Callable[[LoopState], None] | None = None,
@@ -134,8 +133,6 @@ def train(
     `on_checkpoint` is called with the loop's state after every `checkpoint_every`-th epoch
     (never after the last: the cell is about to finish)."""
     x_train, y_train = splits.x_train, splits.y_train
-    if train_limit is not None:
-        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
     n, b = len(y_train), settings.batch_size
     chunk = b * max(1, GATHER_ROWS // b)
     classes = splits.info.classes

@@ -1,15 +1,20 @@
 """The shared training loop's data path: examples are gathered in shuffled chunks (bounded
-memory), and the chunk size never changes which batches a cell sees, so never its result."""
+memory), and the chunk size never changes which batches a cell sees, so never its result;
+`train_limit` picks a seeded random subset."""
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
+from pathlib import Path
 
 import pytest
+import torch
 
 from runner import trainer
 from runner.cellrun import run_cell
-from runner.cells import Cell
+from runner.cells import TRAIN_LIMIT_VERSION, Cell
+from runner.datasets.loading import load_splits
 from runner.grid import expand
 from runner.spec import parse_spec
 
@@ -50,3 +55,29 @@ def test_gather_chunk_size_does_not_change_results(
     assert len(hashes) == 1, rows
     assert len({r["steps"] for r in rows.values()}) == 1
     assert rows[7]["steps"] == 2 * -(-203 // batch_size)
+
+
+def test_train_limit_takes_a_seeded_random_subset_not_the_first_examples() -> None:
+    from runner.datasets.loading import Splits
+
+    # A training split stored by class, as some official files are: its first 20 are one class.
+    labels = torch.arange(10).repeat_interleave(50)
+    images = labels.float().unsqueeze(1).repeat(1, 4)
+    digits = load_splits("digits", Path("unused"), split_seed=0, download=False)
+    splits: Splits = dataclasses.replace(digits, x_train=images, y_train=labels)
+
+    subset = splits.limited(20, seed=0)
+    assert len(subset.y_train) == 20 and len(subset.y_train.unique()) >= 6
+    assert torch.equal(subset.x_train[:, 0], subset.y_train.float())  # rows stay paired
+    assert torch.equal(subset.y_train, splits.limited(20, seed=0).y_train)  # seeded
+    assert not torch.equal(subset.y_train, splits.limited(20, seed=1).y_train)
+    assert splits.limited(10_000, seed=0) is splits  # a limit above the size is no limit
+
+
+def test_train_limit_cells_train_on_that_many_and_have_their_own_keys() -> None:
+    cell = digits_cell("standard", 1)  # train_limit = 203
+    row = run_cell(cell.to_payload())["row"]
+    assert row["train_size"] == 203 and row["steps"] == 2 * 203
+    assert cell.identity()["train_limit_version"] == TRAIN_LIMIT_VERSION
+    unlimited = Cell(values={**cell.values, "train_limit": None}, torch_threads=1)
+    assert "train_limit_version" not in unlimited.identity()

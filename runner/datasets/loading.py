@@ -58,6 +58,22 @@ class Splits:
             "split_fingerprint": self.split_fingerprint,
         }
 
+    def limited(self, limit: int, seed: int) -> Splits:
+        """A seeded random `limit` of the training examples (all when there are fewer), in
+        their file order: the same subset for every method and seed of a sweep (`seed` is
+        the split seed), and not the file's first N, which for a file ordered by class
+        would be one class."""
+        n = len(self.y_train)
+        if limit >= n:
+            return self
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        picked = order[:limit].sort().values
+        return replace(
+            self,
+            x_train=self.x_train.index_select(0, picked),
+            y_train=self.y_train.index_select(0, picked),
+        )
+
     def flattened(self) -> Splits:
         def flat(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(len(x), -1)
