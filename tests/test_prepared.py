@@ -61,6 +61,35 @@ def test_prepared_once_then_loaded_without_the_official_files(
         load_splits("mnist", mnist_root, split_seed=1, download=False)
 
 
+def test_a_copy_made_from_official_files_since_replaced_is_prepared_again(
+    mnist_root: Path, no_network: None
+) -> None:
+    from tests.conftest import fabricate_mnist_like
+
+    first = load_splits("mnist", mnist_root, split_seed=0, download=False)
+    folder = mnist_root / "prepared" / "mnist-v1-split0"
+    meta_before = (folder / "meta.json").read_bytes()
+
+    # Touched (copied without keeping times): hashed, found the same, the copy is kept.
+    for name in MNIST_FILES:
+        os.utime(mnist_root / "MNIST" / "raw" / name)
+    loading._CACHE.clear()
+    again = load_splits("mnist", mnist_root, split_seed=0, download=False)
+    assert torch.equal(again.x_train, first.x_train)
+    assert (folder / "meta.json").read_bytes() == meta_before
+
+    # Replaced by other files of the same sizes (a new download): prepared again from them.
+    fabricate_mnist_like(mnist_root, "MNIST", MNIST_FILES, seed=1)
+    loading._CACHE.clear()
+    replaced = load_splits("mnist", mnist_root, split_seed=0, download=False)
+    assert not torch.equal(replaced.x_train, first.x_train)
+    recorded = json.loads((folder / "meta.json").read_text())["sources"]
+    raw = mnist_root / "MNIST" / "raw"
+    assert {s["file"]: s["sha256"] for s in recorded} == {
+        f"MNIST/raw/{n}": digest(raw / n) for n in MNIST_FILES
+    }
+
+
 def test_mnist_inputs_are_bit_identical_to_the_direct_computation(mnist_root: Path) -> None:
     """Why mnist's dataset version did not change with the cache: the walking skeleton's
     computation (float64 statistics over the whole training split) gives the same bits."""

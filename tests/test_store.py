@@ -86,7 +86,7 @@ def test_truncated_result_is_never_counted_as_done(tmp_path: Path) -> None:
 def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(ResultsError, match="is a file, so .* cannot be a results folder"):
+    with pytest.raises(ResultsError, match=r"is a file, so .* cannot be a results folder"):
         ResultsStore(blocker / "results").prepare()
 
 

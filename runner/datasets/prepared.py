@@ -209,7 +209,24 @@ def verify(path: Path, info: DatasetInfo, split_seed: int) -> dict[str, Any]:
             raise DamagedCopy(f"{file.name} has {size} bytes, {record['bytes']} were written")
         if digest(file) != record["sha256"]:
             raise DamagedCopy(f"{file.name} does not match its recorded sha256")
+    _check_sources_unchanged(meta, path.parent.parent)
     return meta
+
+
+def _check_sources_unchanged(meta: dict[str, Any], root: Path) -> None:
+    """DamagedCopy when an official file the copy was made from has since been replaced (a
+    new download, a repaired file): the copy is outdated. A file that is gone is fine (they
+    may be deleted once prepared); one with a new mtime only is hashed to be sure."""
+    for source in meta.get("sources", []):
+        file = root / str(source["file"])
+        try:
+            stat = file.stat()
+        except FileNotFoundError:
+            continue
+        if stat.st_size == source["bytes"] and stat.st_mtime_ns == source["mtime_ns"]:
+            continue
+        if stat.st_size != source["bytes"] or digest(file) != source["sha256"]:
+            raise DamagedCopy(f"outdated: {source['file']} has changed since it was prepared")
 
 
 def load(path: Path, info: DatasetInfo, split_seed: int) -> PreparedSplits:
