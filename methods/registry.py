@@ -145,9 +145,7 @@ METHODS: dict[str, MethodInfo] = {
                     minimum=1,
                     maximum=16,
                 ),
-                Param(
-                    "L", int, 5, "hash tables per layer (paper §9.4: 5)", minimum=1, maximum=64
-                ),
+                Param("L", int, 5, "hash tables per layer (paper §9.4: 5)", minimum=1, maximum=64),
                 Param(
                     "m",
                     int,

@@ -30,6 +30,17 @@ METRICS: dict[str, tuple[str, float]] = {
 PAPER_EPOCHS = 50
 PAPER_WIDTH = 1000
 
+
+def paper_lr(method: str, batch_size: int, arch: str) -> float:
+    """The paper's learning rate (§9.4): 1e-4 for MC-APPROX with SGD at batch 1, else 1e-3."""
+    return 1e-4 if method == "mc_approx" and batch_size == 1 and arch == "mlp" else 1e-3
+
+
+def paper_optimizer(method: str, arch: str) -> str:
+    """The paper's optimizer (§9.4): Adam for ALSH-APPROX's MLPs, SGD otherwise (the CNN too)."""
+    return "adam" if method == "alsh_approx" and arch == "mlp" else "sgd"
+
+
 _COLUMNS = (
     "source",
     "metric",
@@ -125,9 +136,19 @@ def _setting_notes(config: pd.Series, metric: str) -> list[str]:
         notes.append(f"ours: {config.get('epochs')} epochs (paper: {PAPER_EPOCHS})")
     limit = config.get("train_limit")
     if limit is not None and limit == limit:  # not NaN
-        notes.append(f"ours: first {int(limit)} training examples")
+        notes.append(f"ours: {int(limit)} training examples")
     if config.get("arch") == "mlp" and config.get("width") != PAPER_WIDTH:
         notes.append(f"ours: width {config.get('width')} (paper: {PAPER_WIDTH})")
+    method, arch = str(config.get("method")), str(config.get("arch"))
+    lr, optimizer = config.get("lr"), config.get("optimizer")
+    expected_lr = paper_lr(method, int(config.get("batch_size", 0)), arch)
+    if lr is not None and not math.isclose(float(lr), expected_lr):
+        notes.append(f"ours: lr {float(lr):g} (paper: {expected_lr:g})")
+    if optimizer is not None and optimizer != paper_optimizer(method, arch):
+        notes.append(f"ours: {optimizer} (paper: {paper_optimizer(method, arch)})")
+    threads = config.get("threads")
+    if metric != "test_accuracy" and threads:
+        notes.append(f"ours: {threads} torch thread(s) (paper: PyTorch's default, all cores)")
     return notes
 
 

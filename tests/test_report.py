@@ -353,12 +353,19 @@ def test_compare_paper_puts_published_beside_ours(
     assert row["ours"] == pytest.approx(ours)
     assert row["difference"] == pytest.approx(ours - 94.15)
     assert "ours: 3 epochs (paper: 50)" in row["note"]
+    # The fabricated job trains ALSH-APPROX with SGD and MC-APPROX_S at lr 1e-3: said.
+    assert "ours: sgd (paper: adam)" in row["note"]
+    mc_s = comparison.loc[("Table 3 (§10.1)", "test_accuracy", "MC-APPROX_S", 3)]
+    assert "ours: lr 0.001 (paper: 0.0001)" in mc_s["note"]
+    standard = comparison.loc[("Table 3 (§10.1)", "test_accuracy", "STANDARD_S", 3)]
+    assert "lr" not in standard["note"] and "adam" not in standard["note"]
     ours_fwd = statistics.fmean(
         r["forward_seconds"] / EPOCHS for r in by_config(made, "standard", 3, 20)
     )
     row = comparison.loc[("Table 5 (§10.2)", "forward_seconds_per_epoch", "STANDARD_M", 3)]
     assert row["published"] == 2.202 and row["ours"] == pytest.approx(ours_fwd)
     assert row["ratio"] == pytest.approx(ours_fwd / 2.202)
+    assert "ours: 1 torch thread(s) (paper: PyTorch's default, all cores)" in row["note"]
     # Figure 9's supplementary values cover depths 1 and 2 too.
     assert ("Figure 9 (§10.1; supplementary values)", "test_accuracy", "MC-APPROX_M", 1) in (
         comparison.index
