@@ -334,17 +334,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             hint = FAILURE_HINTS.get(name, "see the records below")
             console.print(f"  [bold]{escape(name)}[/]: {escape(hint)}")
         table = Table(title="failed cells")
-        for column in ("cell", "class", "error", "record"):
-            table.add_column(column, overflow="fold")
+        table.add_column("cell", overflow="fold")
+        table.add_column("key", no_wrap=True)
+        table.add_column("class", overflow="fold")
+        table.add_column("error", overflow="fold")
         for key, failure in sorted(ledger.failed.items()):
             message = str(failure.get("message", "")).strip().splitlines()
             table.add_row(
                 escape(str(failure.get("label", key))),
+                key,
                 escape(str(failure.get("error_class"))),
                 escape(f"{failure.get('error_type', '')}: {message[0] if message else ''}"),
-                escape(str(store.failure_path(key))),
             )
         console.print(table)
+        # The path once, outside the table, where the terminal cannot fold it.
+        console.print(
+            "full records, with tracebacks: " + escape(str(store.failed_dir / "<key>.json")),
+            soft_wrap=True,
+        )
     return 0
 
 

@@ -43,6 +43,7 @@ def expand(spec: JobSpec) -> Expansion:
     combos = itertools.product(*(shared_axes[n] for n in names)) if names else [()]
 
     override_hits = [0] * len(spec.overrides)
+    override_applied: list[set[str]] = [set() for _ in spec.overrides]
     exclude_hits = [0] * len(spec.excludes)
     methods_seen: set[str] = set()
     cells: list[Cell] = []
@@ -70,13 +71,13 @@ def expand(spec: JobSpec) -> Expansion:
                 if matches(before, override.where):
                     override_hits[i] += 1
                     # A `set` of another method's hyperparameter does not apply here.
-                    values.update(
-                        {
-                            k: v
-                            for k, v in override.set.items()
-                            if "." not in k or k.startswith(method + ".")
-                        }
-                    )
+                    applied = {
+                        k: v
+                        for k, v in override.set.items()
+                        if "." not in k or k.startswith(method + ".")
+                    }
+                    values.update(applied)
+                    override_applied[i].update(applied)
             excluded = False
             for i, clause in enumerate(spec.excludes):
                 if matches(values, clause):
@@ -99,6 +100,12 @@ def expand(spec: JobSpec) -> Expansion:
     for i, hits in enumerate(override_hits):
         if hits == 0:
             warnings.append(f"override[{i}] matches no cell (where = {spec.overrides[i].where})")
+            continue
+        for name in sorted(set(spec.overrides[i].set) - override_applied[i]):
+            warnings.append(
+                f"override[{i}].set.{name}: none of the cells it matches is a "
+                f"{name.split('.', 1)[0]} cell, so it never applies"
+            )
     for i, hits in enumerate(exclude_hits):
         if hits == 0:
             warnings.append(f"exclude[{i}] matches no cell ({spec.excludes[i]})")

@@ -104,7 +104,8 @@ def comparison_markdown(comparison: pd.DataFrame, unmatched: int) -> list[str]:
         rows = []
         for _, r in comparison.iterrows():
             fmt = ".2f" if r["metric"] == "test_accuracy" else ".4g"
-            published = format(r["published"], fmt)
+            # As printed in the paper (e.g. 110.98, 28.976), not rounded to our precision.
+            published = format(r["published"], ".2f" if fmt == ".2f" else "g")
             if r["published_spread"] is not None and r["published_spread"] == r["published_spread"]:
                 published += f" ± {r['published_spread']:g}"
             ours = _number(r["ours"], fmt)

@@ -145,3 +145,5 @@ def test_every_ray_outcome_has_its_class_and_a_hint_in_status(
     assert "failures by class: application 1, out_of_memory 1, worker_crash 1, cancelled 1" in out
     assert "cancelled: the cell's task was cancelled from outside this sweep" in out
     assert "out_of_memory: the cell ran out of memory" in out and "memory_gb" in out
+    # The records' path in one piece, to copy (a table column folded it mid-word).
+    assert f"full records, with tracebacks: {store.failed_dir}/<key>.json" in out

@@ -133,6 +133,9 @@ def test_excludes_and_warnings(fake_methods: None) -> None:
         [[override]]
         where = { optimizer = "adam" }
         set = { lr = 0.1 }
+        [[override]]
+        where = { method = "standard" }
+        set = { lr = 0.5, sampler = { k = 3 } }
     """),
         "job.toml",
     )
@@ -146,6 +149,12 @@ def test_excludes_and_warnings(fake_methods: None) -> None:
     assert "exclude[1] matches no cell" in text
     assert "override[0] matches no cell" in text
     assert "grid.dropper.keep: no cell uses method 'dropper'" in text
+    # A `set` of a hyperparameter of a method that the `where` never matches.
+    assert (
+        "override[1].set.sampler.k: none of the cells it matches is a sampler cell, "
+        "so it never applies" in text
+    )
+    assert "override[1].set.lr" not in text
 
 
 def test_identical_cells_after_override_run_once() -> None:
