@@ -282,8 +282,9 @@ def test_truncated_cifar10_batch_is_reported_even_unverified(tmp_path: Path) -> 
     fabricate_cifar10(root, per_batch=10, n_test=10)
     path = root / "cifar-10-batches-py" / "data_batch_3"
     path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(DatasetError, match="truncated or corrupt"):
+    with pytest.raises(DatasetError, match="truncated or corrupt") as info:
         load_splits("cifar10", root, split_seed=0, download=False, verify_checksums=False)
+    assert f"could not read {path} " in str(info.value)  # the one file, not a list of all
 
 
 def test_missing_cifar10_download_fails_clearly(tmp_path: Path, no_network: None) -> None:

@@ -95,14 +95,19 @@ def _read_split(root: Path, files: list[str]) -> tuple[torch.Tensor, torch.Tenso
         path = root / FOLDER / file
         try:
             entry = load_batch(path)
+            data = np.asarray(entry["data"], dtype=np.uint8)
+            images.append(data.reshape(-1, 3, 32, 32))  # channel-major rows, as published
+            labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
         except UnsafePickle as exc:
             raise DatasetError(
                 f"dataset 'cifar10': {path} is not a CIFAR-10 batch ({exc}); it was not "
                 f"loaded. Delete {root / FOLDER} and fetch {URL} again."
             ) from None
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        images.append(data.reshape(-1, 3, 32, 32))  # channel-major rows, as published
-        labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        except Exception as exc:  # unpickling errors, wrong shapes, missing keys...
+            raise DatasetError(
+                f"dataset 'cifar10': could not read {path} ({type(exc).__name__}: {exc}); "
+                f"it is truncated or corrupt. Delete {root / FOLDER} and fetch {URL} again."
+            ) from None
     return (
         torch.from_numpy(np.concatenate(images)).contiguous(),
         torch.tensor(labels, dtype=torch.int64),
@@ -165,17 +170,7 @@ def read_official(name: str, root: Path, verify_checksums: bool = True) -> Offic
         _verify(root)
     parts = []
     for train in (True, False):
-        try:
-            images, labels = _read_split(root, _batch_files(train))
-        except DatasetError:
-            raise
-        except Exception as exc:  # unpickling errors, wrong shapes, missing keys...
-            files = "\n".join(f"    {p}" for p in expected_files(name, root))
-            raise DatasetError(
-                f"dataset 'cifar10': could not read the batches under "
-                f"{root / FOLDER} ({type(exc).__name__}: {exc}); a file is truncated or "
-                f"corrupt. Delete {root / FOLDER} and fetch {URL} again. Files:\n{files}"
-            ) from None
+        images, labels = _read_split(root, _batch_files(train))
         which = "training" if train else "test"
         if len(labels) != len(images):
             raise _corrupt(root, f"{len(images)} {which} images but {len(labels)} labels")
