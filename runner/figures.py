@@ -224,7 +224,16 @@ def _confusion_figure(
             if j == 0:
                 ax.set_ylabel(label, fontsize=7)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="share of the true class")
+        # Under the grid, not beside it: the grid is usually tall (methods x depths).
+        fig.colorbar(
+            image,
+            ax=axes,
+            location="bottom",
+            shrink=0.8,
+            aspect=25,
+            pad=0.02,
+            label="share of the true class",
+        )
     fig.suptitle(f"Confusion matrices (true: rows, predicted: columns), {title}", fontsize=10)
     _save(fig, path)
     return True
