@@ -437,15 +437,54 @@ def test_active_set_size_fill_and_subsampling() -> None:
     sizes = [
         model.active_for_layer(0, x[i : i + 1], None, record=True)[0].numel() for i in range(50)
     ]
-    # At least 5% (20 units), at most what L = 5 tables of subsampled buckets can add.
-    assert min(sizes) >= 20 and max(sizes) <= 5 * 20
-    union = model.active_for_layer(0, x[:10], None, record=False)[0]
-    singles = set()
+    # At least 5% (20 units); at most 20 + 19 (the last table's bucket, subsampled to 20,
+    # added to 19 found before it).
+    assert min(sizes) >= 20 and max(sizes) <= 39
+    # A mini-batch uses the union of its examples' sets (drawn in the same order).
     saved = model.random_state()
+    union = model.active_for_layer(0, x[:10], None, record=False)[0]
+    model.set_random_state(saved)
+    singles: set[int] = set()
     for i in range(10):
         singles |= set(model.active_for_layer(0, x[i : i + 1], None, record=False)[0].tolist())
-    model.set_random_state(saved)
-    assert union.numel() >= max(sizes[:10])  # a mini-batch uses the union of its examples
+    assert set(union.tolist()) == singles and len(singles) > max(sizes[:10])
+
+
+class FakeTables:
+    """LayerTables with chosen buckets: table t's bucket is `buckets[t]`, whatever the code."""
+
+    def __init__(self, buckets: list[list[int]], units: int = 400):
+        self.buckets = [np.array(b, dtype=np.int64) for b in buckets]
+        self.L, self.units = len(buckets), units
+
+    def bucket(self, t: int, code: int) -> np.ndarray:
+        return self.buckets[t]
+
+
+def test_large_buckets_are_subsampled_and_small_ones_filled_at_random() -> None:
+    arch = Architecture(in_features=16, width=400, depth=1, classes=2)
+    model = build("alsh_approx", arch, active_fraction=0.05)
+    assert isinstance(model, alsh_approx.ALSHApprox) and model.target == 20
+    rng = np.random.default_rng(0)
+    codes = np.zeros(3, dtype=np.int64)
+
+    def active(buckets: list[list[int]]) -> tuple[np.ndarray, int]:
+        chosen = np.zeros(400, dtype=bool)
+        filled = model.example_active(FakeTables(buckets), codes, chosen, rng)  # type: ignore[arg-type]
+        return np.flatnonzero(chosen), filled
+
+    # A bucket of 100 units: 20 of them, drawn at random; the target is reached, no more tables.
+    big = list(range(100, 200))
+    units, filled = active([big, list(range(300, 310)), []])
+    assert len(units) == 20 and set(units) <= set(big) and filled == 0
+    assert not np.array_equal(units, active([big, [], []])[0])  # a random 20, not the first
+    # Small overlapping buckets (5 + 5 with 2 shared + 3 = 11 units): 9 random units fill up.
+    found = [[1, 2, 3, 4, 5], [4, 5, 6, 7, 8], [9, 10, 11]]
+    units, filled = active(found)
+    assert len(units) == 20 and filled == 9 and set(range(1, 12)) <= set(units)
+    # Nothing collides: all 20 are random fill.
+    units, filled = active([[], [], []])
+    assert len(units) == 20 and filled == 20
 
 
 def test_rebuild_schedule_follows_the_paper() -> None:
