@@ -120,13 +120,16 @@ def machine() -> dict[str, Any]:
     """What the benchmark runs on (after pinning torch to one thread, as every cell is)."""
     import torch
 
+    from runner.allocator import steady_allocator
     from runner.threads import apply_threads, observe
 
     apply_threads(1)
+    steady_allocator()
     seen = observe()
     return {
         "cpu_model": seen["cpu_model"],
         "torch_threads": seen["torch_threads"],
+        "allocator": seen["allocator"],
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "platform": platform.platform(),
@@ -279,9 +282,11 @@ def _target_for(method: str, batch_size: int, depth: int) -> tuple[str, float] |
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> list[Record]:
     """Time every case `config.repeats` times, interleaved; return one record per case."""
+    from runner.allocator import steady_allocator
     from runner.threads import apply_threads
 
     apply_threads(1)
+    steady_allocator()  # as in every cell: both sides of each ratio alike
     say = progress or (lambda message: log.info("%s", message))
     records: list[Record] = []
     for batch_size in config.batch_sizes:

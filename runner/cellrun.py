@@ -140,9 +140,11 @@ def _train_cell(
     started_at: str,
 ) -> dict[str, Any]:
     # Threads and seeds first, before anything is built or loaded.
+    from runner.allocator import steady_allocator
     from runner.threads import apply_threads, observe
 
     apply_threads(cell.torch_threads)
+    steady_allocator()  # no page-fault warm-up in the timed epochs (see runner/allocator.py)
     v = cell.values
     seed = int(v["seed"])
     seed_everything(seed)

@@ -78,6 +78,7 @@ MEASURED_COLUMNS = (
     "pinned_cores",
     "cpu_model",
     "omp_num_threads",
+    "allocator",
     "requested_torch_threads",
     "node",
     "hostname",

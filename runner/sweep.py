@@ -84,9 +84,9 @@ def _on_signal(signum: int, frame: Any) -> None:
 def interrupt_handling() -> Iterator[None]:
     """Ctrl-C (SIGINT) and `kill` (SIGTERM) stop a sweep alike, by a KeyboardInterrupt; after
     the first, further ones are only acknowledged, so that cancelling the cells in flight,
-    shutting Ray down and telling the user how to resume are not cut short, nor the exit
-    code 130 that follows. Entering (again) installs the handlers, whatever replaced them
-    meanwhile; unless a signal came, the outermost context restores the previous ones."""
+    shutting Ray down and telling the user how to resume are not cut short. Entering (again)
+    installs the handlers, whatever replaced them meanwhile; the outermost context restores
+    the previous ones."""
     global _handling_depth, _stopping
     try:
         saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -102,9 +102,9 @@ def interrupt_handling() -> Iterator[None]:
         _handling_depth -= 1
         # Only the outermost context restores: an inner one would put back what Ray's
         # start-up installed (a SIGTERM handler that kills every Ray process and exits 1,
-        # summary unsaid). And once stopping, the process is on its way out with the user
-        # told how to resume: a late signal stays acknowledged, not a death by signal.
-        if _handling_depth == 0 and not _stopping:
+        # summary unsaid). `python -m runner` ignores signals from then on (__main__.py).
+        if _handling_depth == 0:
+            _stopping = False
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
 

@@ -49,8 +49,11 @@ def apply_threads(threads: int) -> None:
 
 def worker_setup_hook() -> None:
     """Ray `worker_process_setup_hook`: runs once in every new worker process of the job."""
+    from runner.allocator import steady_allocator
+
     threads = int(os.environ.get(THREADS_ENV, "1"))
     apply_threads(threads)
+    steady_allocator()
 
 
 def _cpu_model() -> str:
@@ -68,6 +71,8 @@ def observe() -> dict[str, Any]:
     """What this process really computes with, for the result row."""
     import torch
 
+    from runner.allocator import current
+
     try:
         os_threads = len(os.listdir("/proc/self/task"))
     except OSError:
@@ -83,4 +88,5 @@ def observe() -> dict[str, Any]:
         "cpu_affinity": ",".join(map(str, affinity)),
         "cpu_model": _cpu_model(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "allocator": current(),
     }
