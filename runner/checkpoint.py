@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import ResultsError
-from runner.store import TEMP_SUFFIX
+from runner.store import TEMP_SUFFIX, atomic_write
 
 if TYPE_CHECKING:
     from runner.cells import Cell
@@ -65,27 +65,6 @@ def checkpoint_path(results_root: str | os.PathLike[str], key: str) -> Path:
     return checkpoints_dir(results_root) / f"{key}.pt"
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # not every filesystem allows it; rename is still atomic
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def prepare_checkpoints(
     results_root: str | os.PathLike[str], every: int
 ) -> CheckpointPolicy | None:
@@ -96,7 +75,7 @@ def prepare_checkpoints(
     token = secrets.token_hex(16)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomically(directory / TOKEN_FILE, lambda f: f.write(token.encode()))
+        atomic_write(directory / TOKEN_FILE, lambda f: f.write(token.encode()))
     except OSError as exc:
         raise ResultsError(
             f"cannot write checkpoints to {directory}: {exc}. Fix its permissions, pick another "
@@ -251,7 +230,7 @@ class CellCheckpoints:
         }
         t0 = time.perf_counter()
         try:
-            _write_atomically(self.path, lambda f: torch.save(content, f))
+            atomic_write(self.path, lambda f: torch.save(content, f))
         except OSError as exc:
             if not self._save_failed:  # once per cell is enough to act on
                 self._warn(f"could not write its checkpoint {self.path} ({exc}); training goes on")

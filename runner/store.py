@@ -28,10 +28,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,19 +78,29 @@ def _explain_os_error(exc: OSError, path: Path) -> str:
     return f"cannot write {path}: {exc}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call write(file) on a temporary file beside `path`, fsync, then rename it into place:
+    `path` is the old content or the new, whole, never a mix. Errors propagate as raised."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise ResultsError(_explain_os_error(exc, path)) from None
+        raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """atomic_write of `data`, an OSError told as a ResultsError that says what to do."""
+    try:
+        atomic_write(path, lambda f: f.write(data))
+    except OSError as exc:
+        raise ResultsError(_explain_os_error(exc, path)) from None
 
 
 def looks_like_parquet(path: Path) -> bool:
