@@ -23,12 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.published import paper_optimizer
+
 log = logging.getLogger("cpusweep")
 
 MNIST_TRAIN = 55000
-# The paper's optimizer per method (§9.4): Adam for ALSH-APPROX, SGD otherwise.
-PAPER_OPTIMIZER = {"alsh_approx": "adam"}
-
 # (method, batch size, depth or None for any) -> (what the ratio divides by, the most allowed)
 TARGETS: dict[tuple[str, int, int | None], tuple[str, float]] = {
     ("standard", 1, None): ("plain", 1.10),
@@ -293,7 +292,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         examples = config.examples(batch_size)
         splits = synthetic_splits(config, examples)
         for depth in config.depths:
-            optimizers = sorted({PAPER_OPTIMIZER.get(m, "sgd") for m in config.methods} | {"sgd"})
+            optimizers = sorted({paper_optimizer(m, "mlp") for m in config.methods} | {"sgd"})
             runs: dict[str, list[Timing]] = {}
             # Every run of a repeat, in one list: even repeats run it forwards, odd ones
             # backwards, so that no method always runs right after the same other one
@@ -304,7 +303,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 for opt in optimizers
                 if "standard" not in config.methods or opt != "sgd"
             ]
-            todo += [(method, PAPER_OPTIMIZER.get(method, "sgd")) for method in config.methods]
+            todo += [(method, paper_optimizer(method, "mlp")) for method in config.methods]
             for repeat in range(config.repeats):
                 for name, opt in todo if repeat % 2 == 0 else reversed(todo):
                     say(f"b{batch_size} d{depth} repeat {repeat + 1}: {name} ({opt})")
@@ -326,7 +325,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     )
                     runs.setdefault(f"{name}/{opt}", []).append(timing)
             for method in config.methods:
-                opt = PAPER_OPTIMIZER.get(method, "sgd")
+                opt = paper_optimizer(method, "mlp")
                 mine = runs[f"{method}/{opt}"]
                 plain, std_sgd = runs["plain/" + opt], runs["standard/sgd"]
                 std_same = runs[f"standard/{opt}"]
