@@ -6,6 +6,9 @@
   failure record or checkpoint left for a finished cell;
 - `Driver` / `run_cli`: `python -m runner` as a user runs it, in a process group of its own so
   that whatever Ray leaves behind a killed driver is cleaned up by the test;
+- `stop_after_checkpoint`, `running_checkpoint`, `assert_bit_identical`: stopping a cell
+  right after a checkpoint, finding a running cell's checkpoint, and checking that a resumed
+  cell ended exactly as an uninterrupted run of it does;
 - `inject`: a `sitecustomize` module on PYTHONPATH that every Python process of a sweep
   imports, Ray workers included: how a test makes a cell fail inside a real worker without
   any test hook in the runner itself.
@@ -22,9 +25,13 @@ import textwrap
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
+from runner.checkpoint import CellCheckpoints
 from runner.grid import expand
 from runner.spec import load_spec
 from tests.conftest import REPO, write_job
@@ -225,3 +232,48 @@ FAULTY_BUILD = """
 
     sys.meta_path.insert(0, _Wrap())
 """
+
+
+def stop_after_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, epoch: int, stop: type[BaseException]
+) -> None:
+    """Make a cell raise `stop` right after saving its checkpoint of `epoch` (KeyboardInterrupt:
+    Ctrl-C; an exception the runner does not catch: the process dying)."""
+    real_save = CellCheckpoints.save
+
+    def save_then_stop(self: CellCheckpoints, state: Any) -> None:
+        real_save(self, state)
+        if state.epoch == epoch:
+            raise stop
+
+    monkeypatch.setattr(CellCheckpoints, "save", save_then_stop)
+
+
+def running_checkpoint(results: Path, min_epoch: int) -> dict[str, Any] | None:
+    """A checkpoint of a cell that is not done, at `min_epoch` or later (with its key)."""
+    import torch
+
+    done = set(result_keys(results))
+    for path in sorted((results / "checkpoints").glob("*.pt")):
+        if path.stem in done:
+            continue
+        try:
+            saved = torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, EOFError):
+            continue  # replaced or deleted while read: look again
+        if saved["epoch"] >= min_epoch:
+            return dict(saved, key=path.stem)
+    return None
+
+
+def assert_bit_identical(job: Path, key: str, row: pd.Series) -> None:
+    """The finished row of cell `key` equals an uninterrupted run of it in this process."""
+    from runner.cellrun import run_cell
+
+    [cell] = [c for c in expand(load_spec(job)).cells if c.key == key]
+    reference = run_cell(cell.to_payload())["row"]
+    assert row["weights_sha256"] == reference["weights_sha256"]
+    assert row["test_accuracy"] == reference["test_accuracy"]
+    assert list(row["confusion_matrix"][0]) == reference["confusion_matrix"][0]
+    for name in ("train_loss", "val_accuracy", "val_loss"):
+        assert [h[name] for h in row["history"]] == [h[name] for h in reference["history"]], name

@@ -25,7 +25,6 @@ from runner.cells import Cell
 from runner.checkpoint import (
     _STATE_FIELDS,
     TOKEN_FILE,
-    CellCheckpoints,
     CheckpointPolicy,
     checkpoint_path,
     prepare_checkpoints,
@@ -38,6 +37,7 @@ from runner.store import ResultsStore
 from runner.sweep import make_plan, run_sweep
 from runner.trainer import LoopState, train
 from tests.conftest import write_job
+from tests.faults import stop_after_checkpoint
 
 TIMING_KEYS = {
     "train_seconds",
@@ -83,17 +83,6 @@ def without_timings(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def crash_after_checkpoint(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    real_save = CellCheckpoints.save
-
-    def save_then_die(self: CellCheckpoints, state: LoopState) -> None:
-        real_save(self, state)
-        if state.epoch == epoch:
-            raise Crash
-
-    monkeypatch.setattr(CellCheckpoints, "save", save_then_die)
-
-
 @pytest.fixture
 def policy(tmp_path: Path) -> CheckpointPolicy:
     made = prepare_checkpoints(tmp_path / "results", every=1)
@@ -116,7 +105,7 @@ def test_cell_resumed_after_epoch_2_is_bit_identical(
     reference = run_cell(cell.to_payload())["row"]
 
     with monkeypatch.context() as patch:
-        crash_after_checkpoint(patch, epoch=2)
+        stop_after_checkpoint(patch, epoch=2, stop=Crash)
         with pytest.raises(Crash):
             run_cell(cell.to_payload(), checkpoints=policy)
     path = checkpoint_path(tmp_path / "results", cell.key)
@@ -163,7 +152,7 @@ def test_every_method_resumes_bit_identical(
     reference = run_cell(cell.to_payload())
     assert reference["status"] == "ok", reference.get("failure")
     with monkeypatch.context() as patch:
-        crash_after_checkpoint(patch, epoch=2)
+        stop_after_checkpoint(patch, epoch=2, stop=Crash)
         with pytest.raises(Crash):
             run_cell(cell.to_payload(), checkpoints=policy)
     result = run_cell(cell.to_payload(), checkpoints=policy)
@@ -255,7 +244,7 @@ def test_checkpoint_of_another_cell_is_ignored(
 ) -> None:
     mine, other = digits_cell(seed=0), digits_cell(seed=1)
     with monkeypatch.context() as patch:
-        crash_after_checkpoint(patch, epoch=2)
+        stop_after_checkpoint(patch, epoch=2, stop=Crash)
         with pytest.raises(Crash):
             run_cell(other.to_payload(), checkpoints=policy)
     results = tmp_path / "results"
@@ -433,15 +422,8 @@ def test_ctrl_c_mid_cell_then_the_same_command_continues_the_cell(
     )
     results = tmp_path / "results"
     args = ["submit", str(job), "--executor", "serial", "--results", str(results)]
-    real_save = CellCheckpoints.save
-
-    def save_then_interrupt(self: CellCheckpoints, state: LoopState) -> None:
-        real_save(self, state)
-        if state.epoch == 2:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(CellCheckpoints, "save", save_then_interrupt)
+        stop_after_checkpoint(patch, epoch=2, stop=KeyboardInterrupt)
         assert main(args) == 130
     assert len(list((results / "checkpoints").glob("*.pt"))) == 1
     assert not list((results / "cells").glob("*.parquet"))

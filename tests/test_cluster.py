@@ -26,12 +26,11 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from runner.cellrun import run_cell
 from runner.grid import expand
 from runner.spec import load_spec
 from tests.conftest import REPO, write_job
+from tests.faults import assert_bit_identical, running_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -163,28 +162,11 @@ def wait_for_running_checkpoint(
     while True:
         assert driver.poll() is None, "the sweep ended before anything could be interrupted"
         assert time.monotonic() < deadline, "no running cell reached its checkpoint in time"
-        done = {p.stem for p in (results / "cells").glob("*.parquet")}
         if len(finished_nodes(results)) >= min_nodes:
-            for path in sorted((results / "checkpoints").glob("*.pt")):
-                if path.stem in done:
-                    continue
-                try:
-                    saved = torch.load(path, weights_only=True)
-                except (OSError, RuntimeError, EOFError):
-                    continue  # deleted or replaced while we read it: look again
-                if saved["epoch"] >= min_epoch:
-                    return dict(saved, key=path.stem)
+            saved = running_checkpoint(results, min_epoch)
+            if saved is not None:
+                return saved
         time.sleep(0.05)
-
-
-def assert_bit_identical_to_serial(job: Path, key: str, row: pd.Series) -> None:
-    [cell] = [c for c in expand(load_spec(job)).cells if c.key == key]
-    reference = run_cell(cell.to_payload())["row"]  # uninterrupted, in this process
-    assert row["weights_sha256"] == reference["weights_sha256"]
-    assert row["test_accuracy"] == reference["test_accuracy"]
-    assert list(row["confusion_matrix"][0]) == reference["confusion_matrix"][0]
-    for key in ("train_loss", "val_accuracy", "val_loss"):
-        assert [h[key] for h in row["history"]] == [h[key] for h in reference["history"]], key
 
 
 def long_job(tmp_path: Path, name: str, seeds: list[int]) -> Path:
@@ -243,7 +225,7 @@ def test_sweep_spreads_over_the_nodes_and_survives_losing_one(
     assert resumed["resumed_from_epoch"] >= saved["epoch"] and resumed["resumes"] == 1
     assert not resumed["node"].endswith(victim[:8])  # finished elsewhere
     assert "resumed from its checkpoint" in output
-    assert_bit_identical_to_serial(job, saved["key"], resumed)
+    assert_bit_identical(job, saved["key"], resumed)
     assert not list((results / "checkpoints").glob("*.pt"))
 
 
@@ -266,4 +248,4 @@ def test_worker_killed_mid_cell_resumes_from_its_checkpoint_bit_identical(
     resumed = rows.loc[saved["key"]]
     assert resumed["resumed_from_epoch"] >= saved["epoch"] and resumed["resumes"] == 1
     assert resumed["pid"] != saved["pid"]
-    assert_bit_identical_to_serial(job, saved["key"], resumed)
+    assert_bit_identical(job, saved["key"], resumed)

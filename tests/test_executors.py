@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 
 from runner.errors import ExecutorError
 from runner.executors import _check_reachable, _connection_hint
+from tests.faults import run_cli
 
 
 def _raised(exc: BaseException, cause: BaseException) -> BaseException:
@@ -50,15 +49,9 @@ def test_an_address_where_nothing_listens_fails_fast(tmp_path: Path) -> None:
     job.write_text('name = "j"\n[params]\nmethod = "standard"\ndataset = "digits"\n')
     for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
         started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, "-m", "runner", "submit", str(job), "--address", address],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 2, result.stderr
-        said = " ".join(result.stderr.split())
+        code, output = run_cli(["submit", str(job), "--address", address], cwd=tmp_path)
+        assert code == 2, output
+        said = " ".join(output.split())
         assert f"nothing answers at {address}" in said and "Traceback" not in said
         assert time.monotonic() - started < 60
     with pytest.raises(ExecutorError, match="nothing answers"):

@@ -10,10 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runner.checkpoint import CellCheckpoints, checkpoint_path
+from runner.checkpoint import checkpoint_path
 from runner.cli import main
-from runner.trainer import LoopState
-from tests.faults import assert_complete, digits_job, job_keys
+from tests.faults import assert_complete, digits_job, job_keys, stop_after_checkpoint
 
 
 def flip_middle(path: Path) -> None:
@@ -121,15 +120,8 @@ def test_a_damaged_checkpoint_is_never_resumed_from(
     job = digits_job(tmp_path / "j.toml", "ckpt", seeds=[0], epochs=4, width=64)
     results = tmp_path / "results"
     args = ["submit", str(job), "--results", str(results), "--executor", "serial"]
-    real_save = CellCheckpoints.save
-
-    def save_then_interrupt(self: CellCheckpoints, state: LoopState) -> None:
-        real_save(self, state)
-        if state.epoch == 2:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(CellCheckpoints, "save", save_then_interrupt)
+        stop_after_checkpoint(patch, epoch=2, stop=KeyboardInterrupt)
         assert main(args) == 130
     [key] = job_keys(job)
     path = checkpoint_path(results, key)

@@ -17,19 +17,17 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import torch
 
-from runner.cellrun import run_cell
-from runner.grid import expand
-from runner.spec import load_spec
 from tests.faults import (
     Driver,
+    assert_bit_identical,
     assert_complete,
     cli_env,
     digits_job,
     job_keys,
     result_keys,
     run_cli,
+    running_checkpoint,
     wait_for,
 )
 
@@ -47,28 +45,6 @@ def long_job(tmp_path: Path, name: str, seeds: list[int], epochs: int = 6) -> Pa
         batch_size=1,
         train_limit=900,
     )
-
-
-def running_checkpoint(results: Path, min_epoch: int) -> dict[str, Any] | None:
-    """A checkpoint of a cell that is not done, at `min_epoch` or later (with its key)."""
-    done = set(result_keys(results))
-    for path in sorted((results / "checkpoints").glob("*.pt")):
-        if path.stem in done:
-            continue
-        try:
-            saved = torch.load(path, weights_only=True)
-        except (OSError, RuntimeError, EOFError):
-            continue  # replaced or deleted while read: look again
-        if saved["epoch"] >= min_epoch:
-            return dict(saved, key=path.stem)
-    return None
-
-
-def assert_bit_identical(job: Path, key: str, row: pd.Series) -> None:
-    [cell] = [c for c in expand(load_spec(job)).cells if c.key == key]
-    reference = run_cell(cell.to_payload())["row"]  # uninterrupted, in this process
-    assert row["weights_sha256"] == reference["weights_sha256"]
-    assert [h["val_loss"] for h in row["history"]] == [h["val_loss"] for h in reference["history"]]
 
 
 @pytest.mark.ray

@@ -23,7 +23,7 @@ from methods.registry import METHODS
 from runner.cli import main
 from runner.errors import CpusweepError, SpecError
 from runner.grid import expand
-from runner.spec import RESOURCE_PARAMS, SHARED_PARAMS, load_spec, parse_spec
+from runner.spec import _TOP_LEVEL, RESOURCE_PARAMS, SHARED_PARAMS, load_spec, parse_spec
 
 EXAMPLES = settings(
     max_examples=200,
@@ -71,14 +71,7 @@ def toml_document(doc: dict[str, Any]) -> str:
 
 KNOWN_KEYS = sorted(
     {
-        "name",
-        "description",
-        "grid",
-        "params",
-        "methods",
-        "override",
-        "exclude",
-        "resources",
+        *_TOP_LEVEL,
         "where",
         "set",
         *(p.name for p in SHARED_PARAMS),
