@@ -265,10 +265,7 @@ def _train_cell(
             "finished_at": _utc_now(),
             "confusion_matrix": outcome.test.confusion,
             "history": history,
-            # Rebuilds the cell from its row; its content only, not the job's label axes.
-            "cell_json": canonical_json(
-                {k: v for k, v in cell.to_payload().items() if k != "shown"}
-            ),
+            "cell_json": canonical_json(cell.content()),  # rebuilds the cell from its row
         }
     )
     return row

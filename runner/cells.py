@@ -93,14 +93,13 @@ class Cell:
         ]
         return text + (" " + " ".join(extras) if extras else "")
 
+    def content(self) -> dict[str, Any]:
+        """The cell itself as a plain, JSON-safe dict (kept with its result row)."""
+        return {"key": self.key, "values": dict(self.values), "torch_threads": self.torch_threads}
+
     def to_payload(self) -> dict[str, Any]:
-        """A plain, JSON-safe dict that travels to the worker and back into the result."""
-        return {
-            "key": self.key,
-            "values": dict(self.values),
-            "torch_threads": self.torch_threads,
-            "shown": list(self.shown),
-        }
+        """What travels to the worker: the content, and the label's axes for its messages."""
+        return {**self.content(), "shown": list(self.shown)}
 
     @staticmethod
     def from_payload(payload: Mapping[str, Any]) -> Cell:
