@@ -319,7 +319,8 @@ def _sort_key(frame: pd.DataFrame) -> pd.DataFrame:
 def summarise(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: its parameters, `seeds` (distinct seeds), `cells`, and for
     each metric its mean (column named after the metric) and sample standard deviation over
-    seeds (`<metric>_std`, NaN with one seed); `threads`: the torch thread counts observed."""
+    seeds (`<metric>_std`, NaN with one seed); `threads`: the torch thread counts observed;
+    `train_size`: training examples per epoch; `cpu_models`: the CPU models, ", "-joined."""
     if cells.empty:
         return pd.DataFrame()
     if "config" not in cells.columns:
@@ -338,6 +339,15 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
             row[metric] = float(values.mean())
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         row["threads"] = ",".join(str(t) for t in sorted(set(group["torch_threads"])))
+        # What a comparison with the paper needs: examples per epoch (the same for every seed
+        # of a configuration: dataset, train_limit and split make it; NaN if they disagree)
+        # and the CPUs the seeds ran on.
+        sizes = set(group["train_size"].dropna()) if "train_size" in group.columns else set()
+        row["train_size"] = int(sizes.pop()) if len(sizes) == 1 else math.nan
+        cpus = (
+            set(group["cpu_model"].dropna().astype(str)) if "cpu_model" in group.columns else set()
+        )
+        row["cpu_models"] = ", ".join(sorted(cpus - {""}))
         rows.append(row)
     summary = pd.DataFrame(rows)
     return _sort_key(summary).drop(columns="_order").reset_index(drop=True)

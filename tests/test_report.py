@@ -93,6 +93,9 @@ def fabricate_row(cell: Cell, rng: np.random.Generator) -> dict[str, Any]:
     confusion = rng.integers(0, 30, size=(10, 10)).tolist()
     row: dict[str, Any] = {name: 0 for name in MEASURED_COLUMNS}
     row.update(v)
+    full = DATASETS[cell.dataset].train
+    limit = v.get("train_limit")
+    row["train_size"] = full if limit is None else min(full, int(limit))
     totals = {f"{p}_seconds": sum(h[f"{p}_seconds"] for h in history) for p in PHASES}
     train_seconds = sum(totals.values())
     row.update(
@@ -365,7 +368,14 @@ def test_compare_paper_puts_published_beside_ours(
     row = comparison.loc[("Table 5 (§10.2)", "forward_seconds_per_epoch", "STANDARD_M", 3)]
     assert row["published"] == 2.202 and row["ours"] == pytest.approx(ours_fwd)
     assert row["ratio"] == pytest.approx(ours_fwd / 2.202)
+    # The full 55000-example MNIST training set: nothing to scale, and no size note.
+    assert row["ours_train_size"] == 55000 and row["ours_measured"] == row["ours"]
+    assert row["compared_as"] == "s per epoch of 55000 examples"
+    assert "training examples" not in row["note"]
     assert "ours: 1 torch thread(s) (paper: PyTorch's default, all cores)" in row["note"]
+    assert "ours: on Fabricated CPU 9000 (paper: Intel Core i9-9920X, §9.1)" in row["note"]
+    assert "ours: 3 epochs (paper: 50)" in row["note"]
+    assert "torch thread" not in standard["note"] and "CPU" not in standard["note"]
     # Figure 9's supplementary values cover depths 1 and 2 too.
     assert ("Figure 9 (§10.1; supplementary values)", "test_accuracy", "MC-APPROX_M", 1) in (
         comparison.index
@@ -377,6 +387,54 @@ def test_compare_paper_puts_published_beside_ours(
     out = capsys.readouterr().out
     assert "Published (paper) vs ours" in out
     assert f"{ours:.2f}" in out and f"{ours - 94.15:+.2f}" in out
+
+
+def test_compare_paper_puts_a_train_limit_sweeps_times_on_the_papers_epoch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep of 11917 MNIST examples is not set beside the paper's 55000-example epochs as
+    it is: ours is scaled per example to the paper's epoch, and the page and the terminal
+    say so."""
+    job = textwrap.dedent(
+        """
+        name = "subset"
+        [grid]
+        seed = [0, 1]
+        batch_size = [1, 20]
+        [params]
+        method = "standard"
+        dataset = "mnist"
+        epochs = 3
+        train_limit = 11917
+        """
+    )
+    made = fabricate(tmp_path / "results", job)
+    report = build_report(made.root, compare_paper=True)
+    rows = report.comparison.set_index(["source", "metric"])
+    row = rows.loc[("Table 5 (§10.2)", "seconds_per_epoch")]
+    measured = statistics.fmean(
+        r["seconds_per_epoch"] for r in made.rows.values() if r["batch_size"] == 20
+    )
+    assert row["ours_train_size"] == 11917 and row["paper_train_size"] == 55000
+    assert row["ours_measured"] == pytest.approx(measured)
+    assert row["ours"] == pytest.approx(measured / 11917 * 55000)
+    assert row["published"] == 20.16  # as printed
+    assert row["ratio"] == pytest.approx((measured / 11917) / (20.16 / 55000))
+    assert row["difference"] == pytest.approx(measured / 11917 * 55000 - 20.16)
+    assert (
+        "ours: 11917 training examples per epoch, train_limit 11917 (paper: 55000" in (row["note"])
+    )
+    accuracy = rows.loc[("Table 3 (§10.1)", "test_accuracy")]
+    assert "ours: trained on 11917 examples, train_limit 11917 (paper: 55000" in (accuracy["note"])
+    page = report.page_path.read_text(encoding="utf-8")
+    assert "| compared as | published (as printed) |" in page
+    assert "| s per epoch of 55000 examples | 20.16 ± 0.12 |" in page
+    assert f"{measured:.4g} ± " in page and " s per epoch of 11917 examples |" in page
+
+    assert main(["report", str(made.root), "--out", str(tmp_path / "r"), "--compare-paper"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{measured / 11917 * 55000:.4g}" in out
+    assert "scaled" in out and "11917" in out
 
 
 def test_partial_sweep_reports_what_it_has_and_lists_what_is_missing(
