@@ -133,6 +133,25 @@ class MethodModel(nn.Module):
         `probe_rel_error.layer{i}` from `probe_error`."""
         return {}
 
+    def approx_log_probs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Log-probabilities of the network as it trains, for a method that evaluates
+        differently from how it trains (ALSH-APPROX: through its hash tables; the paper
+        evaluates the exact network), so that "did not learn" can be told apart from "trained
+        and evaluated differently". None for the others. Called in eval mode without
+        gradients; it must leave the training randomness untouched."""
+        return None
+
+    def probe_stats(self, x: torch.Tensor, batch_size: int) -> dict[str, float]:
+        """Further instrumentation on the fixed probe batch (e.g. ALSH-APPROX's active-set
+        overlap across inputs), named like `epoch_stats`. Same rules as `probe_error`."""
+        return {}
+
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Called before every evaluation with a fixed batch of training inputs: a method
+        whose training-time forward pass leaves evaluation-time state that the exact network
+        should not use re-derives it here (MC-APPROX's sampled convolutions: batch norm's
+        running statistics). No randomness may be drawn."""
+
     def probe_error(self, x: torch.Tensor, batch_size: int) -> list[float]:
         """Relative error of each hidden layer's activations under the method's approximate
         forward pass against the exact one, ||a_approx - a|| / ||a||, on the fixed probe

@@ -26,6 +26,7 @@ from runner.cells import TRAINER_VERSION, Cell, canonical_json
 from runner.checkpoint import CellCheckpoints, CheckpointPolicy, StorageNotShared
 from runner.errors import DatasetError
 from runner.failures import failure_record, is_out_of_memory
+from runner.learning import verdict
 from runner.pinning import pinned_cores
 
 
@@ -221,6 +222,8 @@ def _train_cell(
     def total(phase: str) -> float:
         return float(sum(h[f"{phase}_seconds"] for h in history))
 
+    diverged = any(not math.isfinite(h["train_loss"]) for h in history)
+    learning = verdict(outcome.test.confusion, diverged)
     row: dict[str, Any] = {"cell_key": cell.key, "status": "ok"}
     row.update(v)
     row.update(
@@ -232,7 +235,16 @@ def _train_cell(
             "best_val_accuracy": max(h["val_accuracy"] for h in history),
             "final_train_loss": history[-1]["train_loss"],
             # The loss became NaN or infinite in some epoch (the cell still completes).
-            "diverged": any(not math.isfinite(h["train_loss"]) for h in history),
+            "diverged": diverged,
+            # "" learned; "chance" or "diverged": did not learn (runner/learning.py).
+            "learning_flag": learning.flag,
+            "chance_accuracy": learning.chance_accuracy,
+            "chance_p_value": learning.p_value,
+            # The network as it trains (ALSH-APPROX: through its hash tables); None when the
+            # method trains and evaluates the same network.
+            "approx_test_accuracy": (
+                outcome.approx_test.accuracy if outcome.approx_test is not None else None
+            ),
             "epochs_done": len(history),
             "steps": outcome.steps,
             "train_seconds": train_seconds,

@@ -46,6 +46,10 @@ MEASURED_COLUMNS = (
     "best_val_accuracy",
     "final_train_loss",
     "diverged",
+    "learning_flag",  # "" learned; "chance" or "diverged" (runner/learning.py)
+    "chance_accuracy",
+    "chance_p_value",
+    "approx_test_accuracy",  # the network as it trains (ALSH: through its tables), or null
     "epochs_done",
     "steps",
     "train_seconds",

@@ -3,7 +3,8 @@
 Each epoch is timed with `time.perf_counter()` and split into: data (shuffling and slicing
 batches), forward (the forward pass and the loss), backward (gradients), step (the optimizer
 update), upkeep (the method's own housekeeping, e.g. hash-table rebuilds) and eval
-(validation accuracy and the approximation-error probe, not part of training time). The split
+(the method's calibration, validation accuracy, exact and as trained, and the probes; not part
+of training time). The split
 is the same for every method, so the paper's feedforward / backprop comparison is fair here.
 
 The loop can hand out its complete state after an epoch (`LoopState`, for checkpoints) and
@@ -31,6 +32,9 @@ from runner.datasets.loading import Splits
 PHASES = ("data", "forward", "backward", "step", "upkeep")
 EVAL_BATCH = 2048  # evaluation batch: a speed choice only, it does not change any number
 PROBE_SIZE = 256  # validation inputs in the fixed approximation-error probe batch
+# Training inputs a method may calibrate evaluation-time state on (`MethodModel.calibrate`):
+# the first ones of the (randomly split) training set, the same before every evaluation.
+CALIBRATION_SIZE = 2048
 
 
 @dataclass
@@ -44,6 +48,8 @@ class Evaluation:
 class TrainOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     test: Evaluation | None = None
+    # The network evaluated as it trains (`MethodModel.approx_log_probs`), if it differs.
+    approx_test: Evaluation | None = None
     steps: int = 0
 
 
@@ -93,13 +99,19 @@ def restore_global_rng(state: dict[str, Any]) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: MethodModel, x: torch.Tensor, y: torch.Tensor, classes: int) -> Evaluation:
+def evaluate(
+    model: MethodModel, x: torch.Tensor, y: torch.Tensor, classes: int, approx: bool = False
+) -> Evaluation | None:
+    """Accuracy, loss and confusion matrix of the evaluation-mode network; with `approx`, of
+    the network as it trains (None when the method has no such evaluation)."""
     model.eval()
     confusion = torch.zeros(classes * classes, dtype=torch.int64)
     loss_sum = 0.0
     for start in range(0, len(y), EVAL_BATCH):
         xb, yb = x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
-        logp = model(xb)  # (B, classes)
+        logp = model.approx_log_probs(xb) if approx else model(xb)  # (B, classes)
+        if logp is None:
+            return None
         loss_sum += float(F.nll_loss(logp, yb, reduction="sum"))
         pred = logp.argmax(dim=1)
         confusion += torch.bincount(yb * classes + pred, minlength=classes * classes)
@@ -137,6 +149,7 @@ def train(
     chunk = b * max(1, GATHER_ROWS // b)
     classes = splits.info.classes
     probe_x = splits.x_val[:PROBE_SIZE]
+    calibration_x = x_train[:CALIBRATION_SIZE]
     optimizer = model.make_optimizer(settings)
     outcome = TrainOutcome()
     cumulative = 0.0
@@ -203,11 +216,17 @@ def train(
         cumulative += train_seconds
 
         t0 = perf_counter()
+        model.calibrate(calibration_x)
         val = evaluate(model, splits.x_val, splits.y_val, classes)
+        assert val is not None
         stats = dict(model.epoch_stats())
+        approx_val = evaluate(model, splits.x_val, splits.y_val, classes, approx=True)
+        if approx_val is not None:
+            stats["approx_val_accuracy"] = approx_val.accuracy
         model.eval()
         for layer, err in enumerate(model.probe_error(probe_x, settings.batch_size), start=1):
             stats[f"probe_rel_error.layer{layer}"] = err
+        stats.update(model.probe_stats(probe_x, settings.batch_size))
         eval_seconds = perf_counter() - t0
 
         train_loss = loss_sum / max(batches, 1)
@@ -244,5 +263,7 @@ def train(
             )
 
     outcome.steps = step
+    model.calibrate(calibration_x)
     outcome.test = evaluate(model, splits.x_test, splits.y_test, classes)
+    outcome.approx_test = evaluate(model, splits.x_test, splits.y_test, classes, approx=True)
     return outcome
