@@ -8,15 +8,28 @@ are 0 (no rescaling), and only active weights receive gradients and updates (met
 blocks of W, lazy Adam). The output layer and evaluation are exact.
 
 Choices, all recorded through the hyperparameters (methods/registry.py):
-- A unit's weight vector is its incoming weights plus its bias ([w; b]) and the query is
-  [a; 1], so that the search is for the largest pre-activation w·a + b, bias included.
+- `hash_bias` (default "ignore"): a unit is hashed by its incoming weights w and a query is
+  a / |a|, as the authors' code does; the bias takes no part in the search. "append" hashes
+  [w; b] and queries [a; 1] instead, so that the search is for the largest pre-activation
+  bias included; but the sparse forward pass does not rescale, activations shrink with depth
+  (|a| about 8, 4, 0.4, 0.1 entering layers 1-4 at initialisation on the digits), and once
+  |a| << 1 the constant dominates every query: deep layers then pick nearly the same units
+  for every input (mean pairwise Jaccard overlap 0.3 / 0.5 / 0.8 at layers 3 / 4 / 5, against
+  0.026 for random 5% sets), which would produce the paper's Fig. 15 symptom by construction.
 - P(w) = [w; |w|^2; |w|^4; ...; |w|^(2^m)] after scaling every weight vector by U / max |w|;
   Q(a) = [a / |a|; 1/2; ...; 1/2] (Eq. 3). K bits per table, L tables (paper: K=6, L=5, m=3,
   U=0.83). SRP hyperplanes are Gaussian, drawn once from the cell's sampling generator.
-- Active set of one example: the union of its buckets, table by table, until at least
-  `active_fraction` of the units (paper: 5%); a bucket larger than that is subsampled to that
-  size; below it after all L tables, random units fill up to it. A mini-batch uses the union
-  of its examples' active sets.
+- Active set of one example (`active_size`): its buckets are taken table by table. "target"
+  (default) makes it exactly ceil(`active_fraction` x width) units (paper: 5%): the units of
+  the bucket that crosses the target are subsampled to reach it exactly, and random units fill
+  up to it when all L buckets hold fewer. "buckets" (the reference's rule) adds whole buckets
+  until at least the target (a single bucket larger than it is subsampled to it), which
+  overshoots: 62-67 of 1000 units instead of 50 at batch 1.
+- A mini-batch (`batch_sets`): "example" (default) gives every example exactly its own active
+  set, as SLIDE does: the batch gathers the union of its examples' sets once and masks each
+  example's activations to its own units, so an example's output and gradients are those it
+  would have alone. "union" lets every example compute the whole union (32-46% of 1000 units
+  at batch 20: much less approximation than the 5% the comparison assumes).
 - Tables are rebuilt on the paper's schedule (§10.2): every `rebuild_early` training examples
   until `rebuild_switch` examples, then every `rebuild_late`, and at the end of every epoch
   unless the schedule rebuilt them after the epoch's last step already; the schedule counts
@@ -24,6 +37,16 @@ Choices, all recorded through the hyperparameters (methods/registry.py):
   steps instead (the same at batch 1; at batch 20, 20 times fewer rebuilds). The first tables
   are built from the weights actually trained. Rebuild time is upkeep, and also reported on
   its own (`rebuild_seconds`).
+
+Instrumentation (per hidden layer i, per epoch): `active_units.layer{i}` (units computed per
+step: the batch's union), `active_share.layer{i}` (an example's own active units / width),
+`ever_active.layer{i}` (share of units active for some training example in the epoch),
+`random_fill.layer{i}`, and on the fixed probe batch `active_overlap.layer{i}` (mean pairwise
+Jaccard overlap of the examples' active sets: near the random-set value when the sets depend
+on the input, near 1 when every input picks the same units) besides the Theorem 2 probe.
+`approx_log_probs` evaluates the network as it trains, through its tables (the paper, and
+`val_accuracy`, evaluate the exact network), so "did not learn" and "trained and evaluated
+differently" can be told apart.
 
 Published pitfalls avoided (methods.md): one forward pass per step, compute on active units
 only (not a masked dense matmul), hashing randomness seeded, any batch size, and an optimizer
@@ -41,12 +64,14 @@ import torch
 from torch import nn
 
 from methods.base import Architecture, MethodModel
-from methods.sparse import SparseMLP
+from methods.sparse import ActiveUnits, SparseMLP
 
 
-def transform_p(weight: torch.Tensor, bias: torch.Tensor, m: int, U: float) -> torch.Tensor:
-    """P([w; b]) for every unit: (n, in) and (n,) -> (n, in + 1 + m)."""
-    wb = torch.cat([weight, bias.unsqueeze(1)], dim=1)  # (n, in + 1)
+def transform_p(
+    weight: torch.Tensor, bias: torch.Tensor | None, m: int, U: float
+) -> torch.Tensor:
+    """P(w) (or P([w; b]) when `bias` is given) for every unit: (n, in) -> (n, in [+ 1] + m)."""
+    wb = weight if bias is None else torch.cat([weight, bias.unsqueeze(1)], dim=1)
     norms = wb.norm(dim=1, keepdim=True)  # (n, 1)
     largest = float(norms.max())
     scale = U / largest if largest > 0 else 1.0
@@ -55,10 +80,11 @@ def transform_p(weight: torch.Tensor, bias: torch.Tensor, m: int, U: float) -> t
     return torch.cat([wb, *powers], dim=1)
 
 
-def transform_q(a: torch.Tensor, m: int) -> torch.Tensor:
-    """Q([a; 1]) for a batch of queries: (B, in) -> (B, in + 1 + m)."""
-    aug = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)  # (B, in + 1)
-    aug = aug / aug.norm(dim=1, keepdim=True)
+def transform_q(a: torch.Tensor, m: int, append_one: bool = False) -> torch.Tensor:
+    """Q(a) (or Q([a; 1])) for a batch of queries: (B, in) -> (B, in [+ 1] + m). A zero query
+    stays zero (it has no direction)."""
+    aug = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1) if append_one else a
+    aug = aug / aug.norm(dim=1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
     return torch.cat([aug, torch.full((len(a), m), 0.5, dtype=a.dtype)], dim=1)
 
 
@@ -66,14 +92,24 @@ class LayerTables:
     """The L hash tables of one hidden layer, stored as sorted arrays (CSR), not dicts."""
 
     def __init__(
-        self, fan_in: int, units: int, K: int, L: int, m: int, U: float, generator: torch.Generator
+        self,
+        fan_in: int,
+        units: int,
+        K: int,
+        L: int,
+        m: int,
+        U: float,
+        generator: torch.Generator,
+        hash_bias: bool = False,
     ):
         self.K, self.L, self.m, self.U = K, L, m, U
         self.fan_in, self.units = fan_in, units
-        # Hyperplanes over the transformed space (fan_in inputs, the bias, m norm terms).
+        self.hash_bias = hash_bias
+        self.width = fan_in + int(hash_bias)  # the vector P and Q transform: w or [w; b]
+        # Hyperplanes over the transformed space (the inputs, [the bias,] m norm terms).
         # Queries run at every step and example, on tiny arrays: numpy does them with far
         # less per-call overhead than torch; `_planes` is a numpy view of the same memory.
-        self.planes = torch.randn(fan_in + 1 + m, K * L, generator=generator)
+        self.planes = torch.randn(self.width + m, K * L, generator=generator)
         self._planes = self.planes.numpy()
         self.refresh_constants()
         self._powers = 1 << np.arange(K)  # bit weights of one signature
@@ -82,25 +118,31 @@ class LayerTables:
 
     def refresh_constants(self) -> None:
         """The parts of every query that do not depend on it (after `planes` changes)."""
-        self._bias_row = self._planes[self.fan_in]  # (K*L,): the query's constant 1
-        self._tail = 0.5 * self._planes[self.fan_in + 1 :].sum(axis=0)  # (K*L,): Q's m halves
+        # (K*L,): the query's constant 1 (appended bias) and Q's m halves.
+        self._bias_row = self._planes[self.fan_in] if self.hash_bias else 0.0
+        self._tail = 0.5 * self._planes[self.width :].sum(axis=0)
 
     def signatures(self, bits: np.ndarray) -> np.ndarray:
         """(N, K*L) booleans -> (N, L) bucket numbers."""
         return (bits.reshape(len(bits), self.L, self.K) * self._powers).sum(axis=2)
 
     def projections(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """P([w; b]) @ planes for every unit, (n, K*L), without building P: the same sums,
-        term by term, sparing a copy of the whole weight matrix at every rebuild."""
-        norms = (weight.norm(dim=1).square_() + bias.pow(2)).sqrt_()  # |[w; b]|, (n,)
+        """P(w) @ planes (or P([w; b]) @ planes) for every unit, (n, K*L), without building P:
+        the same sums, term by term, sparing a copy of the whole weight matrix per rebuild."""
+        norms = weight.norm(dim=1).square_()  # |w|^2 or |[w; b]|^2, (n,)
+        if self.hash_bias:
+            norms += bias.pow(2)
+        norms.sqrt_()
         largest = float(norms.max())
         scale = self.U / largest if largest > 0 else 1.0
         planes = self.planes
-        dots = (weight @ planes[: self.fan_in]).addr_(bias, planes[self.fan_in])  # [w; b] part
+        dots = weight @ planes[: self.fan_in]  # the w part, (n, K*L)
+        if self.hash_bias:
+            dots.addr_(bias, planes[self.fan_in])  # the b part
         dots.mul_(scale)
         scaled = norms * scale
         for i in range(self.m):  # the m norm terms |w|^2, |w|^4, ..., |w|^(2^m)
-            dots.addr_(scaled ** (2 ** (i + 1)), planes[self.fan_in + 1 + i])
+            dots.addr_(scaled ** (2 ** (i + 1)), planes[self.width + i])
         return dots
 
     def rebuild(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -112,15 +154,40 @@ class LayerTables:
 
     def query(self, h: torch.Tensor, prev: torch.Tensor | None) -> np.ndarray:
         """Bucket numbers (B, L) of the batch's inputs h (B, |prev|) to this layer, whose
-        other inputs (units outside prev) are 0: Q([a; 1]) hashed on prev's rows only."""
+        other inputs (units outside prev) are 0: Q(a) (or Q([a; 1])) hashed on prev's rows."""
         a = h.numpy()
         planes = self._planes[: self.fan_in] if prev is None else self._planes[prev.numpy()]
-        dots = a @ planes + self._bias_row  # (B, |prev|) @ (|prev|, K*L): Q's [a; 1] part
-        norm = np.sqrt(np.einsum("ij,ij->i", a, a) + 1.0)[:, None]  # |[a; 1]|
+        dots = a @ planes + self._bias_row  # (B, |prev|) @ (|prev|, K*L): Q's a (or [a; 1])
+        sq = np.einsum("ij,ij->i", a, a) + float(self.hash_bias)  # |a|^2 or |[a; 1]|^2
+        norm = np.sqrt(np.maximum(sq, np.finfo(a.dtype).tiny))[:, None]
         return self.signatures(dots / norm + self._tail > 0)
 
     def bucket(self, table: int, code: int) -> np.ndarray:
         return self.members[table, self.offsets[table, code] : self.offsets[table, code + 1]]
+
+
+def mean_pairwise_jaccard(sets: np.ndarray) -> float:
+    """Mean Jaccard overlap |A n B| / |A u B| over all pairs of rows of a boolean (N, units)
+    matrix of active sets (NaN for fewer than two rows)."""
+    n = len(sets)
+    if n < 2:
+        return float("nan")
+    m = sets.astype(np.float64)
+    inter = m @ m.T  # (N, N)
+    sizes = m.sum(axis=1)
+    union = sizes[:, None] + sizes[None, :] - inter
+    upper = np.triu_indices(n, k=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jaccard = np.where(union[upper] > 0, inter[upper] / union[upper], 1.0)
+    return float(jaccard.mean())
+
+
+def random_set_jaccard(size: int, units: int) -> float:
+    """Expected Jaccard overlap of two independent uniformly random `size`-subsets of `units`
+    (the reference value for input-independent sets of the same size): E|A n B| = size^2 /
+    units, to first order s / (2 units - s)."""
+    shared = size * size / units
+    return shared / (2 * size - shared) if size else float("nan")
 
 
 class ALSHApprox(SparseMLP):
@@ -135,6 +202,9 @@ class ALSHApprox(SparseMLP):
         self.K, self.L = int(hyper["K"]), int(hyper["L"])
         self.m, self.U = int(hyper["m"]), float(hyper["U"])
         self.fraction = float(hyper["active_fraction"])
+        self.hash_bias = hyper["hash_bias"] == "append"
+        self.exact_size = hyper["active_size"] == "target"
+        self.per_example = hyper["batch_sets"] == "example"
         self.rebuild_early = int(hyper["rebuild_early"])
         self.rebuild_late = int(hyper["rebuild_late"])
         self.rebuild_switch = int(hyper["rebuild_switch"])
@@ -142,7 +212,9 @@ class ALSHApprox(SparseMLP):
         self._count = 0  # examples (or steps) seen at the latest upkeep
         self.target = max(1, math.ceil(self.fraction * arch.width))
         self.tables = [
-            LayerTables(fan_in, fan_out, self.K, self.L, self.m, self.U, sampling_generator)
+            LayerTables(
+                fan_in, fan_out, self.K, self.L, self.m, self.U, sampling_generator, self.hash_bias
+            )
             for fan_in, fan_out in arch.layer_sizes()[:-1]
         ]
         # Python-level choices (subsampling, fills) use numpy, seeded from the same generator.
@@ -152,9 +224,15 @@ class ALSHApprox(SparseMLP):
         self.rebuilds = 0
         self._rebuild_seconds = 0.0
         self._epoch_rebuilds = 0
-        self._filled = [0.0] * arch.depth
-        self._queries = [0] * arch.depth
+        self._reset_epoch_counters()
         self._stale = True  # tables must be (re)built from the current weights before use
+
+    def _reset_epoch_counters(self) -> None:
+        depth = self.arch.depth
+        self._filled = [0.0] * depth  # random-fill share, summed over recorded queries
+        self._own = [0.0] * depth  # examples' own active share, summed over recorded queries
+        self._queries = [0] * depth
+        self._ever = [np.zeros(self.arch.width, dtype=bool) for _ in range(depth)]
 
     # --- tables ----------------------------------------------------------------------------
 
@@ -189,18 +267,23 @@ class ALSHApprox(SparseMLP):
     # --- active sets -----------------------------------------------------------------------
 
     def example_active(
-        self, tables: LayerTables, codes: np.ndarray, chosen: np.ndarray, rng: np.random.Generator
-    ) -> int:
-        """Mark one example's active units in `chosen` (bool, per unit); return how many of
-        them were random fill."""
+        self, tables: LayerTables, codes: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, int]:
+        """One example's active units (sorted) from its bucket numbers `codes` (L,), and how
+        many of them are random fill."""
         target = self.target
         found = 0
         mine = np.zeros(tables.units, dtype=bool)
         for t in range(tables.L):
             bucket = tables.bucket(t, int(codes[t]))
-            if len(bucket) > target:
-                bucket = rng.choice(bucket, size=target, replace=False)
-            new = bucket[~mine[bucket]]
+            if self.exact_size:
+                new = bucket[~mine[bucket]]
+                if found + len(new) > target:  # the bucket that crosses the target
+                    new = rng.choice(new, size=target - found, replace=False)
+            else:
+                if len(bucket) > target:
+                    bucket = rng.choice(bucket, size=target, replace=False)
+                new = bucket[~mine[bucket]]
             mine[new] = True
             found += len(new)
             if found >= target:
@@ -211,38 +294,98 @@ class ALSHApprox(SparseMLP):
             extra = rng.choice(candidates, size=target - found, replace=False)
             mine[extra] = True
             filled = len(extra)
-        chosen |= mine
-        return filled
+        return np.flatnonzero(mine), filled
 
     def active_for_layer(
         self, layer: int, h: torch.Tensor, prev: torch.Tensor | None, record: bool
-    ) -> tuple[torch.Tensor, float]:
+    ) -> ActiveUnits:
         if self._stale:
             self.rebuild_tables()
         tables = self.tables[layer]
         codes = tables.query(h, prev)  # (B, L)
+        own = [self.example_active(tables, example_codes, self.rng) for example_codes in codes]
         chosen = np.zeros(tables.units, dtype=bool)
-        filled = 0
-        for example_codes in codes:
-            filled += self.example_active(tables, example_codes, chosen, self.rng)
+        for units, _ in own:
+            chosen[units] = True
+        union = np.flatnonzero(chosen)
+        mask = None
+        if self.per_example and len(own) > 1:
+            # Each example keeps only its own units of the gathered union: (B, |union|).
+            position = np.zeros(tables.units, dtype=np.int64)
+            position[union] = np.arange(len(union))
+            sizes = [len(units) for units, _ in own]
+            rows = np.repeat(np.arange(len(own)), sizes)
+            cols = position[np.concatenate([units for units, _ in own])]
+            own_mask = np.zeros((len(own), len(union)), dtype=np.float32)
+            own_mask[rows, cols] = 1.0
+            mask = torch.from_numpy(own_mask)
         if record:
-            self._filled[layer] += filled / (len(codes) * self.target)
+            n = len(own)
+            self._filled[layer] += sum(f for _, f in own) / (n * self.target)
+            own_units = sum(len(u) for u, _ in own) if self.per_example else n * len(union)
+            self._own[layer] += own_units / (n * tables.units)
             self._queries[layer] += 1
-        return torch.from_numpy(np.flatnonzero(chosen)), 1.0
+            self._ever[layer] |= chosen
+        return ActiveUnits(torch.from_numpy(union), 1.0, mask)
 
-    # --- instrumentation and state ---------------------------------------------------------
+    # --- evaluation through the tables, and the probes -----------------------------------------
+
+    @torch.no_grad()
+    def approx_log_probs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The network as it trains: every example through its own active sets (as at batch 1,
+        whatever `batch_sets`), the output layer exact; the training randomness (fills,
+        subsampling) is left where it was."""
+        saved = self.random_state()
+        per_example = self.per_example
+        self.per_example = True
+        try:
+            out = self.sparse_log_probs(x, record=False)
+        finally:
+            self.per_example = per_example
+            self.set_random_state(saved)
+        return out
+
+    @torch.no_grad()
+    def probe_stats(self, x: torch.Tensor, batch_size: int) -> dict[str, float]:
+        """How input-dependent the active sets are, on the probe batch: the mean pairwise
+        Jaccard overlap of the examples' own active sets, per hidden layer (every example
+        through its own sets, as at batch 1); `active_overlap_random` is the value for
+        random sets of the same size. The training randomness is left where it was."""
+        saved = self.random_state()
+        per_example = self.per_example
+        self.per_example = True
+        try:
+            trace = self.sparse_hidden(x, record=False)
+        finally:
+            self.per_example = per_example
+            self.set_random_state(saved)
+        stats = {}
+        for i, layer in enumerate(trace, start=1):
+            sets = np.zeros((len(x), self.arch.width), dtype=bool)
+            own = np.ones((len(x), len(layer.units)), dtype=bool)
+            if layer.mask is not None:
+                own = layer.mask.numpy() > 0
+            rows, cols = np.nonzero(own)
+            sets[rows, layer.units.numpy()[cols]] = True
+            stats[f"active_overlap.layer{i}"] = mean_pairwise_jaccard(sets)
+        stats["active_overlap_random"] = random_set_jaccard(self.target, self.arch.width)
+        return stats
 
     def epoch_stats(self) -> dict[str, float]:
         stats = super().epoch_stats()
         for i in range(self.arch.depth):
-            stats[f"random_fill.layer{i + 1}"] = self._filled[i] / max(self._queries[i], 1)
+            queries = max(self._queries[i], 1)
+            stats[f"random_fill.layer{i + 1}"] = self._filled[i] / queries
+            stats[f"active_share.layer{i + 1}"] = self._own[i] / queries
+            stats[f"ever_active.layer{i + 1}"] = float(self._ever[i].mean())
         stats["rebuilds"] = float(self._epoch_rebuilds)
         stats["rebuild_seconds"] = self._rebuild_seconds
-        self._filled = [0.0] * self.arch.depth
-        self._queries = [0] * self.arch.depth
+        self._reset_epoch_counters()
         self._epoch_rebuilds = 0
         self._rebuild_seconds = 0.0
         return stats
+
+    # --- state -----------------------------------------------------------------------------
 
     def random_state(self) -> dict[str, Any]:
         state = super().random_state()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import Architecture, MethodModel, linear_layers
-from methods.sparse import SparseMLP
+from methods.sparse import ActiveUnits, SparseMLP
 
 
 def kept_units(width: int, keep: float, generator: torch.Generator) -> torch.Tensor:
@@ -49,13 +49,13 @@ class BatchMaskDropout(SparseMLP):
 
     def active_for_layer(
         self, layer: int, h: torch.Tensor, prev: torch.Tensor | None, record: bool
-    ) -> tuple[torch.Tensor, float]:
+    ) -> ActiveUnits:
         assert self.sampling_generator is not None
         kept = kept_units(self.arch.width, self.keep, self.sampling_generator)
         if record:
             self._kept_sum[layer] += kept.numel() / self.arch.width
             self._draws += layer == 0
-        return kept, 1.0 / self.keep
+        return ActiveUnits(kept, 1.0 / self.keep)
 
     def epoch_stats(self) -> dict[str, float]:
         stats = super().epoch_stats()

@@ -131,7 +131,9 @@ METHODS: dict[str, MethodInfo] = {
             name="alsh_approx",
             # 2: no second rebuild at an epoch end that the schedule just rebuilt at; the
             # schedule counts from the latest rebuild; `rebuild_unit`.
-            version=2,
+            # 3: `hash_bias`, `active_size` and `batch_sets`, with new defaults (the bias out
+            # of the hash, exactly 5% per example, each example its own set).
+            version=3,
             summary="Asymmetric-LSH active-node selection (Spring & Shrivastava 2017; §5.2).",
             module="methods.alsh_approx",
             params=(
@@ -166,10 +168,36 @@ METHODS: dict[str, MethodInfo] = {
                     "active_fraction",
                     float,
                     0.05,
-                    "least share of units active per layer and example (paper §5.2: 5%)",
+                    "share of units active per layer and example (paper §5.2: 5%)",
                     minimum=0.0,
                     exclusive_minimum=True,
                     maximum=1.0,
+                ),
+                Param(
+                    "hash_bias",
+                    str,
+                    "ignore",
+                    "ignore: units hashed by their weights w, queries a/|a| (the authors' "
+                    "code); append: [w; b] and [a; 1], which makes deep layers' queries nearly "
+                    "identical once activations shrink (see the module)",
+                    choices=("ignore", "append"),
+                ),
+                Param(
+                    "active_size",
+                    str,
+                    "target",
+                    "target: exactly active_fraction of the units per example (the last "
+                    "bucket needed subsampled); buckets: whole buckets until at least that "
+                    "many (the reference's rule, which overshoots)",
+                    choices=("target", "buckets"),
+                ),
+                Param(
+                    "batch_sets",
+                    str,
+                    "example",
+                    "example: every example of a mini-batch computes only its own active "
+                    "units (SLIDE's semantics); union: every example computes the batch's union",
+                    choices=("example", "union"),
                 ),
                 Param(
                     "rebuild_early",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,24 @@ def scatter_(param: torch.Tensor, where: BlockIndex, values: torch.Tensor, lead:
         param.copy_(values)
 
 
+class ActiveUnits(NamedTuple):
+    """What one hidden layer computes for a batch."""
+
+    units: torch.Tensor  # (|S|,) sorted int64: the units the batch computes (gathered once)
+    factor: float  # their activations are multiplied by it (1/keep for inverted dropout)
+    # (B, |S|) zeros and ones: each example's own units among them (ALSH gives every example
+    # its own active set); None: every example uses all of them.
+    mask: torch.Tensor | None = None
+
+
+class HiddenLayer(NamedTuple):
+    """One hidden layer of a sparse pass."""
+
+    h: torch.Tensor  # (B, |S|) activations of the computed units (0 where masked)
+    units: torch.Tensor  # (|S|,) which units they are
+    mask: torch.Tensor | None  # as ActiveUnits.mask
+
+
 @dataclass
 class Block:
     """The part of a parameter one training step reads and updates."""
@@ -97,10 +115,11 @@ class Block:
 class SparseMLP(MethodModel):
     """A ReLU MLP that trains on per-step active units of its hidden layers.
 
-    Subclasses implement `choose_active(x)`: the active units of every hidden layer for this
-    batch, and the factor their activations are multiplied by (1/keep for inverted dropout,
-    1 for ALSH). Choosing may depend on the activations computed so far (ALSH hashes each
-    layer's input), so it is called layer by layer through `active_for_layer`.
+    Subclasses implement `active_for_layer`: the active units of one hidden layer for this
+    batch, the factor their activations are multiplied by (1/keep for inverted dropout, 1 for
+    ALSH), and optionally each example's own units among them (ALSH). Choosing may depend on
+    the activations computed so far (ALSH hashes each layer's input), so it is called layer
+    by layer.
     """
 
     def __init__(
@@ -122,11 +141,11 @@ class SparseMLP(MethodModel):
 
     def active_for_layer(
         self, layer: int, h: torch.Tensor, prev: torch.Tensor | None, record: bool
-    ) -> tuple[torch.Tensor, float]:
-        """Active units (sorted int64) of hidden layer `layer` (0-based) for the batch whose
-        input to this layer is `h` (B, |prev|), `prev` its active units below (None: the
-        network's input); and the factor applied to their activations. `record` is False
-        during the probe: do not count it in the method's statistics."""
+    ) -> ActiveUnits:
+        """The active units of hidden layer `layer` (0-based) for the batch whose input to
+        this layer is `h` (B, |prev|), `prev` its active units below (None: the network's
+        input). `record` is False during probes and approximate evaluation: do not count
+        them in the method's statistics."""
         raise NotImplementedError
 
     # --- the computation ----------------------------------------------------------------------
@@ -146,26 +165,36 @@ class SparseMLP(MethodModel):
             h = F.relu(layer(h))
         return F.log_softmax(self.layers[-1](h), dim=1)
 
-    def sparse_hidden(
-        self, x: torch.Tensor, record: bool
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def sparse_hidden(self, x: torch.Tensor, record: bool) -> list[HiddenLayer]:
         """Hidden layers computed on their active units only: per layer, the activations
-        (B, |S_i|) and the active unit indices S_i."""
+        (B, |S_i|), the active unit indices S_i, and each example's own units among them."""
         h, prev = x, None
         trace = []
         for i, layer in enumerate(self._hidden):
             # Choosing works on detached values (and numpy): no autograd graph to avoid.
-            active, factor = self.active_for_layer(i, h.detach(), prev, record)
-            w = self._block(layer.weight, active, prev, record)  # (|S_i|, |S_{i-1}|)
-            b = self._block(layer.bias, active, None, record)  # (|S_i|,)
+            active = self.active_for_layer(i, h.detach(), prev, record)
+            w = self._block(layer.weight, active.units, prev, record)  # (|S_i|, |S_{i-1}|)
+            b = self._block(layer.bias, active.units, None, record)  # (|S_i|,)
             h = F.relu(torch.addmm(b, h, w.t()))  # (B, |S_{i-1}|) @ (|S_{i-1}|, |S_i|)
-            if factor != 1.0:
-                h = h * factor
+            if active.factor != 1.0:
+                h = h * active.factor
+            if active.mask is not None:
+                h = h * active.mask  # each example on its own units only
             if record:
-                self._active_sum[i] += active.numel()
-            trace.append((h, active))
-            prev = active
+                self._active_sum[i] += active.units.numel()
+            trace.append(HiddenLayer(h, active.units, active.mask))
+            prev = active.units
         return trace
+
+    def sparse_log_probs(self, x: torch.Tensor, record: bool) -> torch.Tensor:
+        """The method's own forward pass (hidden layers on their active units, the output
+        layer exact over its classes); `record`: a training step (blocks kept for the
+        optimizer, statistics counted)."""
+        last = self.sparse_hidden(x, record)[-1]
+        out = self._output
+        w = self._block(out.weight, None, last.units, record)  # (classes, |S_last|)
+        b = self._block(out.bias, None, None, record)
+        return F.log_softmax(torch.addmm(b, last.h, w.t()), dim=1)  # (B, classes)
 
     def _block(
         self,
@@ -186,12 +215,7 @@ class SparseMLP(MethodModel):
             return self.dense_forward(x)
         self.blocks.clear()
         self._steps += 1
-        trace = self.sparse_hidden(x, record=True)
-        h, prev = trace[-1]
-        out = self._output
-        w = self._block(out.weight, None, prev, record=True)  # (classes, |S_last|)
-        b = self._block(out.bias, None, None, record=True)
-        return F.log_softmax(torch.addmm(b, h, w.t()), dim=1)  # (B, classes)
+        return self.sparse_log_probs(x, record=True)
 
     def make_optimizer(self, settings: TrainSettings) -> LazyOptimizer:
         return LazyOptimizer(self, settings)
@@ -216,8 +240,8 @@ class SparseMLP(MethodModel):
             for start in range(0, len(x), batch_size):
                 chunk = x[start : start + batch_size]
                 exact = self.dense_hidden(chunk)
-                for i, (h, active) in enumerate(self.sparse_hidden(chunk, record=False)):
-                    full = torch.zeros_like(exact[i]).index_copy_(1, active, h)
+                for i, layer in enumerate(self.sparse_hidden(chunk, record=False)):
+                    full = torch.zeros_like(exact[i]).index_copy_(1, layer.units, layer.h)
                     diffs[i] += float((full - exact[i]).pow(2).sum())
                     norms[i] += float(exact[i].pow(2).sum())
         finally:

@@ -1,12 +1,11 @@
 """The four sampling methods against exact references (micrograd-style: same inputs through
-the method and through STANDARD / dense math)."""
+the method and through STANDARD / dense math). ALSH-APPROX's own tests: test_alsh_approx.py."""
 
 from __future__ import annotations
 
-import math
+from copy import deepcopy
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,39 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import methods
 from methods import alsh_approx, mc_approx
-from methods.base import Architecture, MethodModel, TrainSettings
-from methods.registry import METHODS
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def defaults(method: str, **overrides: Any) -> dict[str, Any]:
-    hyper = {p.name: p.default for p in METHODS[method].params}
-    hyper.update(overrides)
-    return hyper
-
-
-def build(method: str, arch: Architecture, **hyper: Any) -> MethodModel:
-    return methods.build(method, arch, defaults(method, **hyper), gen(0), gen(1))
-
-
-def train_steps(
-    model: MethodModel, settings: TrainSettings, x: torch.Tensor, y: torch.Tensor, steps: int
-) -> list[float]:
-    optimizer = model.make_optimizer(settings)
-    model.train()
-    losses = []
-    for step in range(1, steps + 1):
-        loss = F.nll_loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.upkeep(step, step * len(y))
-        losses.append(float(loss.detach()))
-    return losses
-
+from methods.base import Architecture, TrainSettings
+from tests.method_helpers import build, gen, train_steps
 
 SMALL = Architecture(in_features=20, width=16, depth=3, classes=5)
 
@@ -149,7 +117,7 @@ def test_dropout_scales_kept_units_by_inverse_keep() -> None:
     x = torch.randn(3, 6, generator=gen(5))
     model.train()
     with torch.no_grad():
-        ((h, active),) = model.sparse_hidden(x, record=False)
+        ((h, active, _),) = model.sparse_hidden(x, record=False)
         exact = model.dense_hidden(x)[0]
     torch.testing.assert_close(h, exact[:, active] / 0.25)
 
@@ -359,177 +327,6 @@ def test_batch_one_gives_nonzero_gradients() -> None:
     F.nll_loss(model(x), y).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and float(param.grad.abs().sum()) > 0, name
-
-
-# --- ALSH-APPROX ---------------------------------------------------------------------------------
-
-
-def test_asymmetric_transforms_match_the_formulas() -> None:
-    weight = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
-    bias = torch.tensor([4.0, 0.0])
-    # [w; b] = [3, 0, 4] (norm 5) and [0, 1, 0] (norm 1); scaled by U / 5 = 0.8 / 5.
-    p = alsh_approx.transform_p(weight, bias, m=3, U=0.8)
-    s = 0.8 / 5
-    first = torch.tensor([3 * s, 0, 4 * s, 0.8**2, 0.8**4, 0.8**8])
-    second = torch.tensor([0, s, 0, s**2, s**4, s**8])
-    torch.testing.assert_close(p, torch.stack([first, second]))
-    q = alsh_approx.transform_q(torch.tensor([[3.0, 0.0]]), m=2)
-    norm = math.sqrt(3.0**2 + 1.0)  # |[a; 1]|
-    torch.testing.assert_close(q, torch.tensor([[3 / norm, 0.0, 1 / norm, 0.5, 0.5]]))
-
-
-def test_table_projections_equal_hashing_the_transformed_weights() -> None:
-    tables = alsh_approx.LayerTables(12, 30, K=6, L=5, m=3, U=0.83, generator=gen(2))
-    weight, bias = torch.randn(30, 12, generator=gen(4)), torch.randn(30, generator=gen(5))
-    expected = alsh_approx.transform_p(weight, bias, m=3, U=0.83) @ tables.planes
-    torch.testing.assert_close(tables.projections(weight, bias), expected)
-    tables.rebuild(weight, bias)
-    codes = tables.signatures((expected > 0).numpy())
-    for t in range(5):  # every unit sits in the bucket of its own signature
-        for unit in range(30):
-            assert unit in tables.bucket(t, int(codes[unit, t]))
-
-
-def test_query_signature_equals_hashing_the_full_transformed_vector() -> None:
-    """The sparse query (only the previous layer's active inputs) hashes exactly like
-    Q([a; 1]) of the full, mostly zero, input vector."""
-    tables = alsh_approx.LayerTables(12, 30, K=6, L=5, m=3, U=0.83, generator=gen(2))
-    prev = torch.tensor([1, 4, 5, 9])
-    h = torch.randn(3, 4, generator=gen(3))
-    full = torch.zeros(3, 12).index_copy_(1, prev, h)
-    expected = tables.signatures((alsh_approx.transform_q(full, m=3) @ tables.planes > 0).numpy())
-    assert np.array_equal(tables.query(h, prev), expected)
-
-
-def test_active_sets_are_enriched_in_the_largest_inner_products() -> None:
-    """Against a random set of the same size, ALSH's active set holds more of each query's
-    true top-5% units by pre-activation (the MIPS it approximates). With K = 6, L = 5 and
-    freshly initialised weights the enrichment is modest (measured: 1.8x over 200 queries;
-    the constant tail of Q(a) dominates the angle), which is the method's own limitation."""
-    width, fan_in = 1000, 64
-    arch = Architecture(in_features=fan_in, width=width, depth=1, classes=2)
-    model = build("alsh_approx", arch)
-    assert isinstance(model, alsh_approx.ALSHApprox)
-    model.rebuild_tables()
-    layer = model.layers[0]
-    # Inputs resembling the weights' directions (as in trained networks) and random ones.
-    queries = torch.randn(200, fan_in, generator=gen(4))
-    rng = np.random.default_rng(0)
-    hits_alsh = hits_random = 0
-    top = max(1, int(0.05 * width))
-    for q in queries:
-        z = layer(q.unsqueeze(0)).squeeze(0)
-        true_top = set(torch.topk(z, top).indices.tolist())
-        active, _ = model.active_for_layer(0, q.unsqueeze(0), None, record=False)
-        chosen = set(active.tolist())
-        hits_alsh += len(true_top & chosen) / len(chosen)
-        random_set = set(rng.choice(width, size=len(chosen), replace=False).tolist())
-        hits_random += len(true_top & random_set) / len(chosen)
-    assert hits_alsh > 1.5 * hits_random
-
-
-def test_active_set_size_fill_and_subsampling() -> None:
-    arch = Architecture(in_features=16, width=400, depth=1, classes=2)
-    model = build("alsh_approx", arch, active_fraction=0.05)
-    assert isinstance(model, alsh_approx.ALSHApprox)
-    model.rebuild_tables()
-    x = torch.randn(50, 16, generator=gen(9))
-    sizes = [
-        model.active_for_layer(0, x[i : i + 1], None, record=True)[0].numel() for i in range(50)
-    ]
-    # At least 5% (20 units); at most 20 + 19 (the last table's bucket, subsampled to 20,
-    # added to 19 found before it).
-    assert min(sizes) >= 20 and max(sizes) <= 39
-    # A mini-batch uses the union of its examples' sets (drawn in the same order).
-    saved = model.random_state()
-    union = model.active_for_layer(0, x[:10], None, record=False)[0]
-    model.set_random_state(saved)
-    singles: set[int] = set()
-    for i in range(10):
-        singles |= set(model.active_for_layer(0, x[i : i + 1], None, record=False)[0].tolist())
-    assert set(union.tolist()) == singles and len(singles) > max(sizes[:10])
-
-
-class FakeTables:
-    """LayerTables with chosen buckets: table t's bucket is `buckets[t]`, whatever the code."""
-
-    def __init__(self, buckets: list[list[int]], units: int = 400):
-        self.buckets = [np.array(b, dtype=np.int64) for b in buckets]
-        self.L, self.units = len(buckets), units
-
-    def bucket(self, t: int, code: int) -> np.ndarray:
-        return self.buckets[t]
-
-
-def test_large_buckets_are_subsampled_and_small_ones_filled_at_random() -> None:
-    arch = Architecture(in_features=16, width=400, depth=1, classes=2)
-    model = build("alsh_approx", arch, active_fraction=0.05)
-    assert isinstance(model, alsh_approx.ALSHApprox) and model.target == 20
-    rng = np.random.default_rng(0)
-    codes = np.zeros(3, dtype=np.int64)
-
-    def active(buckets: list[list[int]]) -> tuple[np.ndarray, int]:
-        chosen = np.zeros(400, dtype=bool)
-        filled = model.example_active(FakeTables(buckets), codes, chosen, rng)  # type: ignore[arg-type]
-        return np.flatnonzero(chosen), filled
-
-    # A bucket of 100 units: 20 of them, drawn at random; the target is reached, no more tables.
-    big = list(range(100, 200))
-    units, filled = active([big, list(range(300, 310)), []])
-    assert len(units) == 20 and set(units) <= set(big) and filled == 0
-    assert not np.array_equal(units, active([big, [], []])[0])  # a random 20, not the first
-    # Small overlapping buckets (5 + 5 with 2 shared + 3 = 11 units): 9 random units fill up.
-    found = [[1, 2, 3, 4, 5], [4, 5, 6, 7, 8], [9, 10, 11]]
-    units, filled = active(found)
-    assert len(units) == 20 and filled == 9 and set(range(1, 12)) <= set(units)
-    # Nothing collides: all 20 are random fill.
-    units, filled = active([[], [], []])
-    assert len(units) == 20 and filled == 20
-
-
-def test_rebuild_schedule_follows_the_paper() -> None:
-    arch = Architecture(in_features=8, width=40, depth=2, classes=2)
-    for batch_size in (1, 20):
-        model = build("alsh_approx", arch)
-        assert isinstance(model, alsh_approx.ALSHApprox)
-        seen = 0
-        rebuilt_at = []
-        for step in range(1, 30_000 // batch_size + 1):
-            seen += batch_size
-            before = model.rebuilds
-            model.upkeep(step, seen)
-            if model.rebuilds > before:
-                rebuilt_at.append(seen)
-        early = [s for s in rebuilt_at if s <= 10_000]
-        late = [s for s in rebuilt_at if s > 10_000]
-        assert early == list(range(100, 10_001, 100))  # every 100 examples up to 10000
-        assert late == list(range(11_000, 30_001, 1000))  # then every 1000
-        # The schedule has just rebuilt at 30000, the epoch's last step: no second rebuild of
-        # the same weights at the epoch end.
-        before = model.rebuilds
-        model.end_epoch()
-        assert model.rebuilds == before
-        # Otherwise the epoch end rebuilds, and the schedule counts from there.
-        model.upkeep(step + 1, 30_000 + 400)
-        model.end_epoch()
-        assert model.rebuilds == before + 1
-        model.upkeep(step + 2, 30_400 + 900)
-        assert model.rebuilds == before + 1  # 900 < 1000 since the epoch-end rebuild
-        model.upkeep(step + 3, 30_400 + 1000)
-        assert model.rebuilds == before + 2
-
-
-def test_rebuild_schedule_can_count_steps() -> None:
-    arch = Architecture(in_features=8, width=40, depth=2, classes=2)
-    model = build("alsh_approx", arch, rebuild_unit="steps")
-    assert isinstance(model, alsh_approx.ALSHApprox)
-    rebuilt_at = []
-    for step in range(1, 12_001):
-        before = model.rebuilds
-        model.upkeep(step, 20 * step)  # batch 20
-        if model.rebuilds > before:
-            rebuilt_at.append(step)
-    assert rebuilt_at == [*range(100, 10_001, 100), 11_000, 12_000]
 
 
 # --- the sparse paths really skip work ----------------------------------------------------------
