@@ -65,6 +65,33 @@ class ResNet18Backbone(nn.Module):
         return self.pool(self.stages(self.stem(x))).flatten(1)  # (B, C, H, W) -> (B, 512)
 
 
+# Examples per exact pass when batch norm is recalibrated: each pass contributes its batch
+# statistics to a plain average (momentum None), as torch.optim.swa_utils.update_bn does.
+CALIBRATION_BATCH = 256
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(backbone: nn.Module, x: torch.Tensor) -> None:
+    """Batch norm's running statistics recomputed from exact forward passes over `x` (every
+    other module in evaluation mode: convolutions exact), then the modules' modes restored."""
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = {m: m.training for m in backbone.modules()}
+    momenta = {bn: bn.momentum for bn in norms}
+    backbone.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the passes
+        bn.train()
+    try:
+        for start in range(0, len(x), CALIBRATION_BATCH):
+            backbone(x[start : start + CALIBRATION_BATCH])
+    finally:
+        for bn in norms:
+            bn.momentum = momenta[bn]
+        for module, training in modes.items():
+            module.training = training
+
+
 class OptimizerPair:
     """The backbone's dense optimizer and the head's own, stepped together."""
 
@@ -105,6 +132,22 @@ class CNNModel(MethodModel):
 
     def upkeep(self, step: int, examples_seen: int) -> None:
         self.head.upkeep(step, examples_seen)
+
+    def calibrate(self, x: torch.Tensor) -> None:
+        """When the backbone's convolutions sample their inputs while training (MC-APPROX's
+        forward mode), batch norm's running statistics were learnt from sampled outputs (5-40x
+        the exact variances in the last blocks) while evaluation runs exact convolutions:
+        recompute them from exact passes over `x` first."""
+        from methods.mc_approx import MCConv2d
+
+        if any(isinstance(m, MCConv2d) and m.mode == "forward" for m in self.backbone.modules()):
+            recalibrate_batch_norm(self.backbone, x)
+
+    def approx_log_probs(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.head.approx_log_probs(self.backbone(x))
+
+    def probe_stats(self, x: torch.Tensor, batch_size: int) -> dict[str, float]:
+        return self.head.probe_stats(self.backbone(x), batch_size)
 
     def end_epoch(self) -> None:
         self.head.end_epoch()

@@ -16,12 +16,22 @@ Modes (`mode`):
 - "forward": the forward product X W^T is sampled over the input features, and gradients are
   those of the sampled product.
 
-`k` pairs are expected per product (paper §9.4: 10); with `sample_ratio` > 0 each product
-keeps max(min_k, ceil(ratio x pairs)) instead (the reference MLP's 0.9 / 10). `uniform_mix`
-mixes that share of the uniform distribution into Eq. 8 (the reference code used 0.1; Eq. 8
-itself is 0). Every layer is approximated, the output layer included; evaluation is exact.
+How many pairs each product keeps, in expectation: max(min_k, ceil(`sample_ratio` x pairs))
+(default 0.1, the paper's "sampling ratio p about 0.1" of §10.2, which also says MC-APPROX
+does more arithmetic than ALSH-APPROX's 5%; the reference MLP used 0.9 with min_k 10); with
+`sample_ratio` = 0, `k` pairs per product (§9.4's k = 10: about 1% of a 1000-unit product,
+far noisier; the study's job files run it as a labelled ablation). So at width 1000 and
+ratio 0.1 the input gradient of a hidden layer keeps 100 of 1000 output units, and the
+weight gradient at batch 20 keeps max(10, 2) = 10 of the 20 examples. `uniform_mix` mixes
+that share of the uniform distribution into Eq. 8 (the reference code used 0.1; Eq. 8 itself
+is 0). Every layer is approximated, the output layer included; evaluation is exact.
 Sampled-pair counts per product and layer are recorded (`sampled_pairs.<product>.layer{i}`,
 layer depth + 1 being the output layer).
+
+On the CNN (methods/cnn.py), forward mode samples every convolution's input channels while
+training, so batch norm's running statistics would be those of sampled outputs (5-40x the
+exact variances in the last blocks) while evaluation runs exact convolutions: before every
+evaluation they are recomputed from exact passes (`CNNModel.calibrate`).
 
 Published pitfall avoided (methods.md): log-softmax is over the classes (dim 1), not the
 batch, so batch 1 has non-zero gradients.
@@ -55,7 +65,7 @@ class Sampling:
     """How many pairs each product keeps, and the probabilities' uniform share."""
 
     k: int
-    sample_ratio: float = 0.0
+    sample_ratio: float = 0.0  # the dataclass's own default: k pairs (the registry's is 0.1)
     min_k: int = 10
     uniform_mix: float = 0.0
 

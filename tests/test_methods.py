@@ -32,8 +32,9 @@ EQUIVALENT_TO_STANDARD = [
     ("dropout", {"keep": 1.0, "mask": "sample"}),
     ("adaptive_dropout", {"beta": 100.0}),  # keep probability sigmoid(z + 100) = 1
     ("alsh_approx", {"active_fraction": 1.0}),  # every unit active
-    ("mc_approx", {"k": 10_000}),  # k covers every pair: every product exact
-    ("mc_approx", {"k": 10_000, "mode": "forward"}),
+    ("mc_approx", {"sample_ratio": 0.0, "k": 10_000}),  # k covers every pair: all exact
+    ("mc_approx", {"sample_ratio": 0.0, "k": 10_000, "mode": "forward"}),
+    ("mc_approx", {"sample_ratio": 1.0}),  # a ratio of 1 keeps every pair too
 ]
 
 
@@ -250,7 +251,7 @@ def test_cnn_probe_measures_sampled_convolution_features() -> None:
     errors = {}
     for name, hyper in {
         "forward": {"mode": "forward"},
-        "exact": {"mode": "forward", "k": 10_000, "min_k": 10_000},
+        "exact": {"mode": "forward", "sample_ratio": 1.0},
         "backward": {"mode": "backward"},
     }.items():
         model = build("mc_approx", arch, **hyper)
@@ -264,6 +265,80 @@ def test_cnn_probe_measures_sampled_convolution_features() -> None:
     assert len(errors["forward"]) == 1 and 0.05 < errors["forward"][0] < float("inf")
     assert errors["exact"] == [0.0]  # every channel kept: the exact features
     assert errors["backward"] == []  # the forward pass is exact: nothing to probe
+
+
+def _exact_copy(backbone: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a backbone with every MC-APPROX convolution replaced by a plain one."""
+    copy = deepcopy(backbone)
+
+    def replace(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, mc_approx.MCConv2d):
+                plain = torch.nn.Conv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,  # type: ignore[arg-type]
+                    stride=child.stride,  # type: ignore[arg-type]
+                    padding=child.padding,  # type: ignore[arg-type]
+                    bias=False,
+                )
+                plain.weight.data.copy_(child.weight.data)
+                setattr(module, name, plain)
+            else:
+                replace(child)
+
+    replace(copy)
+    return copy
+
+
+def test_cnn_forward_mode_recalibrates_batch_norm_with_exact_passes() -> None:
+    """MC-APPROX's forward mode samples the convolutions' input channels while training, so
+    batch norm's running statistics are learnt from sampled outputs while evaluation runs
+    exact convolutions. `calibrate` recomputes them from exact passes: they must equal
+    torch's own `update_bn` on a plain copy of the network, and evaluation must then be that
+    exact network. (Without it, the sampled statistics are far off: checked too.)"""
+    from methods.cnn import CALIBRATION_BATCH, CNNModel
+
+    arch = Architecture(
+        in_features=3 * 8 * 8, width=16, depth=1, classes=4, kind="cnn", image_shape=(3, 8, 8)
+    )
+    model = build("mc_approx", arch, mode="forward", sample_ratio=0.1, min_k=4)
+    assert isinstance(model, CNNModel)
+    g = gen(31)
+    images, labels = torch.randn(64, 3, 8, 8, generator=g), torch.randint(0, 4, (64,), generator=g)
+    settings = TrainSettings(lr=0.01, optimizer="sgd", momentum=0.0, batch_size=16)
+    for start in range(0, 64, 16):
+        train_steps(model, settings, images[start : start + 16], labels[start : start + 16], 1)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    sampled_var = [bn.running_var.clone() for bn in norms]
+    calibration = torch.randn(CALIBRATION_BATCH + 44, 3, 8, 8, generator=g)  # two passes
+    reference = _exact_copy(model.backbone)
+    torch.optim.swa_utils.update_bn(
+        [calibration[:CALIBRATION_BATCH], calibration[CALIBRATION_BATCH:]], reference
+    )
+    state = model.sampling_generator.get_state()
+    model.train()
+    model.calibrate(calibration)
+    assert torch.equal(model.sampling_generator.get_state(), state)  # no draws
+    assert model.training and all(bn.training and bn.momentum == 0.1 for bn in norms)
+    ref_norms = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn, ref in zip(norms, ref_norms, strict=True):
+        torch.testing.assert_close(bn.running_mean, ref.running_mean)
+        torch.testing.assert_close(bn.running_var, ref.running_var)
+    # The statistics learnt from sampled outputs were far from the exact ones.
+    worst = max(float((s / bn.running_var).max()) for s, bn in zip(sampled_var, norms, strict=True))
+    assert worst > 2.0, worst
+    model.eval()
+    reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), model.head(reference(images)))
+    # Backward mode trains with the exact forward pass: nothing to recalibrate.
+    exact_forward = build("mc_approx", arch, mode="backward")
+    before = [b.clone() for b in exact_forward.backbone.buffers()]
+    exact_forward.calibrate(calibration)
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, exact_forward.backbone.buffers(), strict=True)
+    )
 
 
 def test_backward_sampling_is_unbiased_and_forward_exact() -> None:
@@ -462,8 +537,8 @@ def test_whole_mlp_node_equals_the_chain_of_layer_nodes(
     bits as one node per layer (`MCLinear` and ReLU), which is what it replaces."""
     x, y = batch
     settings = TrainSettings(lr=0.05, optimizer="sgd", momentum=0.0, batch_size=len(y))
-    fused = build("mc_approx", SMALL, k=3)
-    chained = build("mc_approx", SMALL, k=3)
+    fused = build("mc_approx", SMALL, sample_ratio=0.0, k=3)
+    chained = build("mc_approx", SMALL, sample_ratio=0.0, k=3)
 
     def per_layer(self: mc_approx.MCApprox, inputs: torch.Tensor) -> torch.Tensor:
         h = inputs
@@ -480,7 +555,7 @@ def test_whole_mlp_node_equals_the_chain_of_layer_nodes(
 
 def test_whole_mlp_node_passes_gradcheck() -> None:
     arch = Architecture(in_features=4, width=5, depth=2, classes=3)
-    model = build("mc_approx", arch, k=10_000)
+    model = build("mc_approx", arch, sample_ratio=0.0, k=10_000)
     model.double()
     layers = tuple(m for m in model.layers if isinstance(m, mc_approx.MCLinear))
     params = [t.detach().clone().requires_grad_(True) for m in layers for t in (m.weight, m.bias)]
