@@ -26,10 +26,11 @@ from rich.table import Table
 from runner.errors import CpusweepError
 from runner.estimate import Estimator, load_bench, longest_first, makespan
 from runner.grid import expand
-from runner.report import GridTable, format_stat, group_name
+from runner.report import group_name, summary_flag
 from runner.spec import JobSpec, load_spec, parse_spec
 from runner.store import TEMP_SUFFIX, Ledger, ResultsStore
 from runner.sweep import SweepPlan, make_plan
+from runner.tables import GridTable, format_stat
 
 # Piped output (CI logs, files) gets wide lines rather than tables squeezed to 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -174,6 +175,12 @@ def _submit(args: argparse.Namespace) -> int:
         f"{len(summary.finished)} cell(s) finished, {len(summary.failed)} failed in "
         f"{summary.seconds:.1f} s. Results: {escape(str(store.root))}"
     )
+    if progress.not_learned:
+        console.print(
+            f"[yellow]{progress.not_learned} finished cell(s) did not learn[/] (test accuracy "
+            "within noise of chance, or a diverged loss): `python -m runner status "
+            f"{escape(str(store.root))}` lists them."
+        )
     if summary.interrupted:
         stopped = (
             f" {summary.stopped} cell(s) running or queued were stopped, not failed: they run "
@@ -325,6 +332,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"[yellow]unreadable result file[/] {escape(str(path))}: {escape(problem)} "
             "(counted as not done; the next submit moves it to quarantine/ and runs the cell)"
         )
+    _print_not_learned(store, {c.key: c.label() for c in cells or []})
     if ledger.failed:
         counts = class_counts(
             [str(f.get("error_class", "unknown")) for f in ledger.failed.values()]
@@ -355,6 +363,58 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_not_learned(store: ResultsStore, labels: dict[str, str]) -> None:
+    """Finished cells that did not learn (chance accuracy or a diverged loss), as a table;
+    `labels`: the job's cell labels by key (others are described from their row)."""
+    from runner.learning import describe, flag_text, row_verdict
+    from runner.report import paper_label
+
+    table, _ = store.read_results()
+    if table is None:
+        return
+    columns = ["cell_key", "dataset", "method", "batch_size", "depth", "seed", "test_accuracy"]
+    columns += [
+        c
+        for c in (
+            "learning_flag",
+            "chance_accuracy",
+            "chance_p_value",
+            "diverged",
+            "confusion_matrix",
+        )
+        if c in table.column_names
+    ]
+    flagged = []
+    for row in table.select(columns).to_pylist():
+        verdict = row_verdict(row)
+        if not verdict.learned:
+            flagged.append((row, verdict))
+    if not flagged:
+        return
+    console.print(
+        f"[yellow]{len(flagged)} finished cell(s) did not learn[/]: counted as done, but never "
+        "to be read as normal results"
+    )
+    for flag in sorted({v.flag for _, v in flagged}):
+        console.print(f"  [bold]{flag}[/]: {escape(describe(flag))}")
+    out = Table(title="cells that did not learn")
+    for name in ("cell", "key", "verdict", "test accuracy", "chance"):
+        out.add_column(name, overflow="fold")
+    for row, verdict in flagged:
+        label = labels.get(row["cell_key"]) or (
+            f"{row['dataset']} {paper_label(row['method'], row['batch_size'])} "
+            f"depth {row['depth']} seed {row['seed']}"
+        )
+        out.add_row(
+            escape(label),
+            row["cell_key"],
+            flag_text(verdict.flag),
+            f"{row['test_accuracy']:.4f}",
+            f"{verdict.chance_accuracy:.4f}",
+        )
+    console.print(out)
+
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -373,7 +433,8 @@ def _summary_table(summary: pd.DataFrame, n_cells: int) -> Table:
         table.add_row(
             *(str(row[k]) for k in keys),
             str(row["seeds"]),
-            _mean_std(row["test_accuracy"], row["test_accuracy_std"], ".4f"),
+            _mean_std(row["test_accuracy"], row["test_accuracy_std"], ".4f")
+            + (f" [yellow]{flag}[/]" if (flag := summary_flag(row)) else ""),
             _mean_std(row["val_accuracy"], row["val_accuracy_std"], ".4f"),
             _mean_std(row["seconds_per_epoch"], row["seconds_per_epoch_std"], ".3g"),
             str(row["threads"]),
@@ -434,7 +495,7 @@ def _comparison_table(comparison: pd.DataFrame) -> Table:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from runner.report import build_report
+    from runner.report import build_report, not_learned_cells
 
     report = build_report(args.results_dir, args.out, compare_paper=args.compare_paper)
     data, analysis = report.data, report.analysis
@@ -456,8 +517,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         console.print(_summary_table(analysis.summary, len(analysis.cells)))
         for grid in [*analysis.accuracy, *analysis.timing, *analysis.depth]:
             console.print(_grid_table(grid))
-        for grid in analysis.probe_tables:
+        for grid in [*analysis.active_set_tables, *analysis.probe_tables]:
             console.print(_grid_table(grid))
+    flagged = not_learned_cells(analysis.cells)
+    if not flagged.empty:
+        console.print(
+            f"[yellow]{len(flagged)} finished cell(s) did not learn[/] (marked ⚠ in the tables; "
+            "the page lists them and why)"
+        )
     if report.comparison is not None:
         if report.comparison.empty:
             console.print("No configuration of this sweep matches a published number.")

@@ -38,7 +38,7 @@ PAPER_C = 5.0
 
 
 # Where each kind of figure goes on the page.
-SECTIONS = ("depth", "epochs", "confusion", "probe")
+SECTIONS = ("depth", "epochs", "confusion", "active", "probe")
 
 Colours = dict[str, tuple[float, ...]]
 
@@ -332,6 +332,53 @@ def _probe_figure(
     return True
 
 
+def _active_sets_figure(frame: pd.DataFrame, title: str, path: Path) -> bool:
+    """Per ALSH-APPROX label: active-set overlap and share of units ever active, per hidden
+    layer, one line per depth."""
+    labels = list(dict.fromkeys(frame["label"]))
+    if frame.empty or not labels or not np.isfinite(frame[["overlap", "ever"]].to_numpy()).any():
+        return False
+    fig, axes = _panels(2 * len(labels), width=4.6, height=3.2)
+    depths = sorted(frame["depth"].unique())
+    cmap = plt.get_cmap("viridis")
+    for i, label in enumerate(labels):
+        overlap_ax, ever_ax = axes[2 * i], axes[2 * i + 1]
+        mine = frame[frame["label"] == label]
+        for j, depth in enumerate(depths):
+            rows = mine[mine["depth"] == depth].sort_values("layer")
+            if rows.empty:
+                continue
+            colour = cmap(j / max(len(depths) - 1, 1))
+            overlap_ax.plot(
+                rows["layer"], rows["overlap"], "o-", color=colour, label=f"depth {depth}"
+            )
+            ever_ax.plot(
+                rows["layer"], 100 * rows["ever"], "o-", color=colour, label=f"depth {depth}"
+            )
+        random = float(mine["random"].mean())
+        if math.isfinite(random):
+            overlap_ax.axhline(random, color="grey", linestyle=":", label="random sets")
+        overlap_ax.set(
+            xlabel="hidden layer",
+            ylabel="mean pairwise Jaccard",
+            ylim=(0, 1.02),
+            title=f"{label}: active-set overlap",
+        )
+        ever_ax.set(
+            xlabel="hidden layer",
+            ylabel="% of units",
+            ylim=(0, 102),
+            title=f"{label}: units ever active (last epoch)",
+        )
+        for ax in (overlap_ax, ever_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    _legend(fig, axes)
+    fig.suptitle(f"ALSH-APPROX's active sets per layer, {title}", fontsize=10)
+    _save(fig, path)
+    return True
+
+
 # --- all of them ---------------------------------------------------------------------------------
 
 
@@ -426,6 +473,23 @@ def render_all(analysis: Analysis, out_dir: Path) -> list[FigureFile]:
                     "Fig. 15",
                     "Share of the test set predicted as each label (confusion-matrix column "
                     "sums over the total), per depth.",
+                )
+            )
+        active = analysis.active_sets
+        if not active.empty:
+            active = active[(active["dataset"] == dataset) & (active["arch"] == arch)]
+        path = out_dir / f"active_sets_{stem}.png"
+        if not active.empty and _active_sets_figure(active, name, path):
+            written.append(
+                FigureFile(
+                    "active",
+                    path,
+                    f"ALSH-APPROX's active sets per layer, {name}",
+                    "beside Fig. 15 (not measured in the paper)",
+                    "Left: mean pairwise Jaccard overlap of the probe batch's active sets per "
+                    "hidden layer at the final epoch, one line per depth (dotted: random sets "
+                    "of the same size; 1: every input picks the same units). Right: share of "
+                    "each layer's units active for some training example in the last epoch.",
                 )
             )
         points = analysis.probe[

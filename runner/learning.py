@@ -16,8 +16,9 @@ predictor at chance. A predictor at chance is therefore flagged with probability
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 ALPHA = 1e-3
 
@@ -27,7 +28,7 @@ CHANCE = "chance"
 DIVERGED = "diverged"
 
 REASONS = {
-    CHANCE: "test accuracy within noise of chance (did not learn)",
+    CHANCE: "test accuracy within noise of chance",
     DIVERGED: "training loss became NaN or infinite",
 }
 
@@ -89,3 +90,27 @@ def verdict(confusion: Sequence[Sequence[int]], diverged: bool) -> Verdict:
 def describe(flag: str) -> str:
     """A short human reason for a flag ('' for a cell that learned)."""
     return REASONS.get(flag, "")
+
+
+def row_verdict(row: Mapping[str, Any]) -> Verdict:
+    """The verdict a result row records, or (rows written before it was recorded) the one its
+    confusion matrix and divergence give."""
+    flag = row.get("learning_flag")
+    if isinstance(flag, str):
+        return Verdict(
+            flag, _number(row.get("chance_accuracy")), _number(row.get("chance_p_value"))
+        )
+    return verdict(row.get("confusion_matrix") or [], bool(row.get("diverged")))
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def flag_text(flag: str, seeds: int = 0, of: int = 0) -> str:
+    """How a flagged value is marked wherever it is printed: '⚠ chance', or with seeds
+    '⚠ chance 1/3' when only some seeds of a configuration are flagged."""
+    if not flag:
+        return ""
+    share = f" {seeds}/{of}" if of > 1 and seeds != of else ""
+    return f"⚠ {flag}{share}"

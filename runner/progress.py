@@ -18,6 +18,7 @@ from rich.progress import (
 
 from runner.cells import Cell
 from runner.executors import Executor
+from runner.learning import describe, row_verdict
 from runner.sweep import SweepListener, SweepPlan
 
 
@@ -45,6 +46,7 @@ class RichProgress(SweepListener):
         )
         self.task: Any = None
         self.done = self.failed = self.running = self.queued = 0
+        self.not_learned = 0  # finished, but at chance or diverged (runner/learning.py)
         self.slots = 1
         self.started_at = time.perf_counter()
         self.cell_seconds: list[float] = []
@@ -71,19 +73,29 @@ class RichProgress(SweepListener):
         return f"ETA {_duration(work / max(1, min(self.slots, remaining)))}"
 
     def _refresh(self) -> None:
+        not_learned = f" · [yellow]did not learn {self.not_learned}[/]" if self.not_learned else ""
         status = (
-            f"[green]done {self.done}[/] · running {self.running} · queued {self.queued}"
-            f" · [red]failed {self.failed}[/] · {self._eta()}"
+            f"[green]done {self.done}[/]{not_learned} · running {self.running} · queued "
+            f"{self.queued} · [red]failed {self.failed}[/] · {self._eta()}"
         )
         self.progress.update(self.task, completed=self.done + self.failed, status=status)
 
     def cell_finished(self, cell: Cell, row: dict[str, Any]) -> None:
         self.done += 1
         self.cell_seconds.append(float(row.get("wall_seconds", 0.0)))
-        diverged = " [yellow](loss diverged)[/]" if row.get("diverged") else ""
         label = escape(f"{cell.label():40s}")
+        verdict = row_verdict(row)
+        if verdict.learned:
+            mark, result = "[green]✓[/]", f"test {row['test_accuracy']:.4f}"
+        else:  # never printed like a normal result
+            self.not_learned += 1
+            mark = "[yellow]⚠[/]"
+            result = (
+                f"[yellow]test {row['test_accuracy']:.4f} DID NOT LEARN: "
+                f"{escape(describe(verdict.flag))} (chance {verdict.chance_accuracy:.4f})[/]"
+            )
         self.console.print(
-            f"[green]✓[/] {label} test {row['test_accuracy']:.4f}{diverged}  "
+            f"{mark} {label} {result}  "
             f"{row['seconds_per_epoch']:.2f} s/epoch  threads {row['torch_threads']}  "
             f"[dim]{cell.key}[/]",
             highlight=False,

@@ -31,10 +31,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from runner import active_sets
 from runner.cells import Cell
 from runner.errors import CpusweepError, ResultsError
+from runner.learning import DIVERGED, flag_text, row_verdict
 from runner.schema import EPOCH_FIELDS
 from runner.store import ResultsStore, atomic_write_bytes
+from runner.tables import GridTable, Stat
 
 if TYPE_CHECKING:
     from runner.figures import FigureFile
@@ -83,6 +86,7 @@ _VARIANT_COLUMNS = tuple(c for c in CONFIG_COLUMNS if c not in ("dataset", "meth
 # row's totals; `train_seconds` is the whole training time (paper Fig. 10).
 METRICS = (
     "test_accuracy",
+    "approx_test_accuracy",  # the network as it trains (ALSH-APPROX), NaN for the others
     "val_accuracy",
     "best_val_accuracy",
     "train_seconds",
@@ -303,10 +307,35 @@ def annotate(cells: pd.DataFrame) -> pd.DataFrame:
         varying = [c for c in candidates if (places[c].nunique(dropna=False) > 1).any()]
         base = paper_label(str(method), int(batch))
         for index, row in group.iterrows():
-            extras = [f"{c.split('.', 1)[-1]}={_show(row[c])}" for c in varying]
+            extras = [_variant_text(c, row) for c in varying]
             labels[index] = " ".join([base, *extras])
     cells["label"] = labels
     return cells
+
+
+def learning_flags(cells: pd.DataFrame, matrices: dict[str, np.ndarray]) -> list[str]:
+    """Each cell's learning flag: the one its row records, or (older rows) the one its
+    confusion matrix and divergence give."""
+    flags = []
+    for _, row in cells.iterrows():
+        recorded = row.get("learning_flag")
+        if isinstance(recorded, str):
+            flags.append(recorded)
+            continue
+        matrix = matrices.get(str(row["cell_key"]))
+        confusion = matrix.tolist() if matrix is not None else []
+        flags.append(row_verdict({"confusion_matrix": confusion, "diverged": row["diverged"]}).flag)
+    return flags
+
+
+def _variant_text(column: str, row: pd.Series) -> str:
+    """How a parameter that tells configurations apart reads in their label: `name=value`,
+    except MC-APPROX's budget, which reads as what it keeps ("ratio=0.1", or "k=10" when the
+    ratio is 0 and k pairs are kept instead)."""
+    value = row[column]
+    if column == "mc_approx.sample_ratio" and not _is_missing(value):
+        return f"ratio={_show(value)}" if float(value) > 0 else f"k={_show(row['mc_approx.k'])}"
+    return f"{column.split('.', 1)[-1]}={_show(value)}"
 
 
 def _sort_key(frame: pd.DataFrame) -> pd.DataFrame:
@@ -335,9 +364,20 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
         row["seeds"] = int(group["seed"].nunique())
         row["cells"] = len(group)
         for metric in METRICS:
+            if metric not in group.columns:  # rows written before the metric existed
+                row[metric] = row[f"{metric}_std"] = math.nan
+                continue
             values = group[metric].astype(float)
             row[metric] = float(values.mean())
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        # Seeds that did not learn (runner/learning.py): the worst flag, and how many.
+        flags = [
+            f
+            for f in group.get("learning_flag", pd.Series(dtype=object))
+            if isinstance(f, str) and f
+        ]
+        row["learning_flag"] = DIVERGED if DIVERGED in flags else (flags[0] if flags else "")
+        row["not_learned"] = len(flags)
         row["threads"] = ",".join(str(t) for t in sorted(set(group["torch_threads"])))
         # What a comparison with the paper needs: examples per epoch (the same for every seed
         # of a configuration: dataset, train_limit and split make it; NaN if they disagree)
@@ -356,40 +396,40 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
 # --- tables ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Stat:
-    mean: float
-    std: float = math.nan  # sample standard deviation over seeds; NaN with one
-    n: int = 0  # values averaged (seeds); 0 for a derived number (a ratio, a fitted c)
+def summary_flag(row: pd.Series) -> str:
+    """The mark of a configuration some of whose seeds did not learn ('' if all learned)."""
+    if not row.get("not_learned", 0):
+        return ""
+    return flag_text(str(row["learning_flag"]), int(row["not_learned"]), int(row["cells"]))
 
 
-@dataclass
-class GridTable:
-    """A table of numbers with row and column headings, ready for rich or Markdown."""
-
-    title: str
-    row_header: str
-    rows: list[str]
-    columns: list[str]
-    values: dict[tuple[str, str], Stat]
-    fmt: str = ".4f"
-    note: str = ""
-
-    def get(self, row: str, column: str) -> Stat | None:
-        return self.values.get((row, column))
-
-
-def format_stat(stat: Stat | None, fmt: str) -> str:
-    if stat is None or math.isnan(stat.mean):
-        return "-"
-    text = format(stat.mean, fmt)
-    if not math.isnan(stat.std):
-        text += " ± " + format(stat.std, fmt)
-    return text
+def not_learned_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """The finished cells that did not learn, with what the report lists about them."""
+    if cells.empty or "learning_flag" not in cells.columns:
+        return pd.DataFrame()
+    flagged = cells[cells["learning_flag"].fillna("") != ""]
+    columns = [
+        "dataset",
+        "arch",
+        "label",
+        "depth",
+        "seed",
+        "cell_key",
+        "learning_flag",
+        "test_accuracy",
+        "chance_accuracy",
+        "final_train_loss",
+    ]
+    return flagged[[c for c in columns if c in flagged.columns]]
 
 
 def _stat(row: pd.Series, metric: str, scale: float = 1.0) -> Stat:
-    return Stat(float(row[metric]) * scale, float(row[f"{metric}_std"]) * scale, int(row["seeds"]))
+    """A configuration's mean and std over seeds; an accuracy is flagged when some of its
+    seeds did not learn."""
+    flag = summary_flag(row) if metric.endswith("accuracy") else ""
+    return Stat(
+        float(row[metric]) * scale, float(row[f"{metric}_std"]) * scale, int(row["seeds"]), flag
+    )
 
 
 def _ordered_labels(frame: pd.DataFrame) -> list[str]:
@@ -810,6 +850,9 @@ class Analysis:
     depth: list[GridTable] = field(default_factory=list)
     probe_tables: list[GridTable] = field(default_factory=list)
     provenance: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    # ALSH-APPROX's active sets (runner/active_sets.py): tables, and per layer for the figure.
+    active_set_tables: list[GridTable] = field(default_factory=list)
+    active_sets: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def analyse(data: SweepData) -> Analysis:
@@ -831,9 +874,11 @@ def analyse(data: SweepData) -> Analysis:
         )
         if m
     }
+    cells["learning_flag"] = learning_flags(cells, matrices)
     summary = summarise(cells)
     points = probe_points(cells, epochs)
     fits = probe_fits(points)
+    final = active_sets.final_stats(cells, epochs)
     return Analysis(
         cells=cells,
         epochs=epochs,
@@ -847,6 +892,8 @@ def analyse(data: SweepData) -> Analysis:
         depth=depth_tables(summary),
         probe_tables=probe_tables(points, fits),
         provenance=provenance(cells),
+        active_set_tables=active_sets.active_set_tables(final),
+        active_sets=active_sets.overlap_by_layer(final),
     )
 
 

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from runner.failures import FAILURE_HINTS, class_counts
-from runner.report import GridTable, Stat, format_stat, group_name
+from runner.learning import ALPHA, CHANCE, DIVERGED, describe, flag_text
+from runner.report import group_name, not_learned_cells, summary_flag
 from runner.store import atomic_write_bytes
+from runner.tables import GridTable, Stat, format_stat
 
 if TYPE_CHECKING:
     from runner.figures import FigureFile
@@ -181,7 +183,11 @@ def summary_markdown(summary: pd.DataFrame) -> list[str]:
                 r["label"],
                 str(r["depth"]),
                 str(r["seeds"]),
-                format_stat_pair(r, "test_accuracy", 100.0, ".2f"),
+                " ".join(
+                    filter(
+                        None, [format_stat_pair(r, "test_accuracy", 100.0, ".2f"), summary_flag(r)]
+                    )
+                ),
                 format_stat_pair(r, "val_accuracy", 100.0, ".2f"),
                 format_stat_pair(r, "seconds_per_epoch", 1.0, ".3g"),
                 format_stat_pair(r, "train_seconds", 1.0, ".4g"),
@@ -199,6 +205,53 @@ def summary_markdown(summary: pd.DataFrame) -> list[str]:
             "s / epoch",
             "training time (s)",
             "torch threads",
+        ],
+        rows,
+    )
+
+
+def not_learned_markdown(cells: pd.DataFrame) -> list[str]:
+    """The cells that did not learn, before any table, so that no number of theirs is read
+    as a normal result."""
+    flagged = not_learned_cells(cells)
+    if flagged.empty:
+        return []
+    lines = [
+        "## Cells that did not learn",
+        "",
+        f"{len(flagged)} finished cell(s) did not learn; their accuracies are marked ⚠ in every "
+        "table below. **chance**: " + describe(CHANCE) + f" (an exact one-sided binomial test "
+        f"against always predicting the most common test class, flagged above p = {ALPHA:g}); "
+        "**diverged**: " + describe(DIVERGED) + ".",
+        "",
+    ]
+    rows = [
+        [
+            group_name(r["dataset"], r["arch"]),
+            r["label"],
+            str(r["depth"]),
+            str(r["seed"]),
+            flag_text(str(r["learning_flag"])),
+            f"{100 * float(r['test_accuracy']):.2f}",
+            "-"
+            if pd.isna(r.get("chance_accuracy"))
+            else f"{100 * float(r['chance_accuracy']):.2f}",
+            f"{float(r['final_train_loss']):.4g}",
+            f"`{r['cell_key']}`",
+        ]
+        for _, r in flagged.iterrows()
+    ]
+    return lines + markdown_table(
+        [
+            "dataset",
+            "method",
+            "depth",
+            "seed",
+            "verdict",
+            "test acc (%)",
+            "chance (%)",
+            "final train loss",
+            "key",
         ],
         rows,
     )
@@ -248,6 +301,7 @@ def render_page(report: Report) -> str:
     if done == 0:
         lines += ["No finished cells yet: nothing to tabulate.", ""]
 
+    lines += not_learned_markdown(analysis.cells)
     if analysis.accuracy:
         lines += ["## Test accuracy (paper Table 3)", ""]
         for table in analysis.accuracy:
@@ -268,6 +322,23 @@ def render_page(report: Report) -> str:
     if confusion_figures:
         lines += ["## Confusion matrices and predicted labels (paper Figs. 4, 15)", ""]
         lines += confusion_figures
+    active_figures = _figures(report.figures, "active", out)
+    if analysis.active_set_tables or active_figures:
+        lines += [
+            "## ALSH-APPROX's active sets, beside Fig. 15 and Theorem 2",
+            "",
+            "The paper explains ALSH-APPROX's collapse with depth by 'a small subset of nodes "
+            "[that] remains active in deeper layers, regardless of the input sample' (§11.3). "
+            "Measured here at each cell's final epoch: the accuracy of the exact network (what "
+            "the paper reports) and of the network through its hash tables (how it trained), "
+            "how much the active sets of different inputs overlap (mean pairwise Jaccard over "
+            "the probe batch, against random sets of the same size), and how many units were "
+            "active for some training example in the last epoch.",
+            "",
+        ]
+        for table in analysis.active_set_tables:
+            lines += grid_markdown(table)
+        lines += active_figures
     if analysis.probe_tables:
         lines += [
             "## Approximation error vs depth, against Theorem 2 (§7)",
