@@ -232,3 +232,35 @@ def overlap_by_layer(final: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+# --- the share of the work a method actually does (time tables, bench) -------------------------
+
+
+def work_shares(stats: dict[str, float], width: int, depth: int) -> tuple[float, float]:
+    """From one epoch's instrumentation, mean over hidden layers: the share of each layer an
+    example actually uses (ALSH's own active units; dropout's and standout's kept units;
+    MC-APPROX's kept pairs of the sampled products over a hidden layer's units), and the
+    share the method computes per step (ALSH and batch-mask dropout gather the batch's union;
+    the others compute every unit). (1, 1) for STANDARD, which reports nothing."""
+
+    def mean_of(prefix: str, layers: range, scale: float = 1.0) -> float:
+        values = [stats[f"{prefix}{i}"] / scale for i in layers if f"{prefix}{i}" in stats]
+        return sum(values) / len(values) if values else math.nan
+
+    hidden = range(1, depth + 1)
+    computed = mean_of("active_units.layer", hidden, width)
+    for prefix, layers, scale in (
+        ("active_share.layer", hidden, 1.0),  # ALSH: an example's own units
+        ("keep_rate.layer", hidden, 1.0),  # dropout, standout
+        # MC-APPROX: the input gradient of layer i is a product over its output units, which
+        # are hidden units for i = 2..depth+1 (the last one is the output layer's input
+        # gradient, over the classes: not a hidden layer); forward mode samples layer i's
+        # input features, hidden units for i = 2..depth+1.
+        ("sampled_pairs.grad_input.layer", range(2, depth + 1), width),
+        ("sampled_pairs.forward.layer", range(2, depth + 2), width),
+    ):
+        share = mean_of(prefix, layers, scale)
+        if math.isfinite(share):
+            return share, computed if math.isfinite(computed) else 1.0
+    return 1.0, computed if math.isfinite(computed) else 1.0

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.active_sets import work_shares
 from runner.published import paper_optimizer
 
 log = logging.getLogger("cpusweep")
@@ -62,9 +63,10 @@ class BenchConfig:
 
 @dataclass
 class Timing:
-    """One timed epoch: seconds per phase."""
+    """One timed epoch: seconds per phase, and the method's instrumentation."""
 
     phases: dict[str, float]
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
@@ -260,7 +262,8 @@ def method_epoch(
         {
             phase: float(epoch[f"{phase}_seconds"])
             for phase in ("data", "forward", "backward", "step", "upkeep")
-        }
+        },
+        {stat["name"]: float(stat["value"]) for stat in epoch["stats"]},
     )
 
 
@@ -368,6 +371,10 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     record.target_met = ratio <= limit
                 if batch_size == 1:
                     record.extra["data_share_target_met"] = shares["data"] < DATA_SHARE_TARGET
+                # The work the method really did (ratios mean little without it).
+                used = [work_shares(t.stats, config.width, depth) for t in mine]
+                record.extra["active_share"] = _median([u[0] for u in used])
+                record.extra["computed_share"] = _median([u[1] for u in used])
                 records.append(record)
     return records
 

@@ -754,6 +754,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "bwd",
         "step",
         "upkeep",
+        "active",
+        "computed",
         "target",
     ):
         table.add_column(column, justify="left" if column in ("method", "opt") else "right")
@@ -775,9 +777,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{r.ratio_vs_standard_iqr[0]:.2f}-{r.ratio_vs_standard_iqr[1]:.2f}",
             f"{r.ratio_vs_standard_same_optimizer:.2f}",
             *(f"{100 * share[p]:.1f}%" for p in ("data", "forward", "backward", "step", "upkeep")),
+            f"{100 * r.extra['active_share']:.1f}%",
+            f"{100 * r.extra['computed_share']:.1f}%",
             verdict,
         )
     console.print(table)
+    console.print(
+        "active: share of each hidden layer's units an example uses (pairs kept for "
+        "MC-APPROX's sampled products); computed: units a step computes (the batch's union for "
+        "ALSH-APPROX and dropout); medians over repeats, means over hidden layers"
+    )
     if args.json:
         payload = {
             "machine": host,

@@ -92,6 +92,10 @@ METRICS = (
     "train_seconds",
     "seconds_per_epoch",
     *(f"{phase}_seconds_per_epoch" for phase in (*PHASES, "eval")),
+    # The share of the work the method really did, mean over epochs and hidden layers
+    # (runner/active_sets.py): what an example uses, and what a step computes.
+    "active_share",
+    "computed_share",
 )
 
 PROBE_PREFIX = "stat.probe_rel_error.layer"
@@ -313,6 +317,30 @@ def annotate(cells: pd.DataFrame) -> pd.DataFrame:
     return cells
 
 
+def work_share_columns(
+    cells: pd.DataFrame, epochs: pd.DataFrame
+) -> tuple[list[float], list[float]]:
+    """Each cell's active and computed shares (runner/active_sets.py), from its epochs'
+    instrumentation averaged over the epochs."""
+    stat_columns = [c for c in epochs.columns if c.startswith("stat.")]
+    means = (
+        epochs.groupby("cell_key")[stat_columns].mean()
+        if stat_columns and not epochs.empty
+        else pd.DataFrame()
+    )
+    active, computed = [], []
+    for _, row in cells.iterrows():
+        key = row["cell_key"]
+        stats = {}
+        if key in means.index:
+            found = means.loc[key].dropna()
+            stats = {name[len("stat.") :]: float(v) for name, v in found.items()}
+        shares = active_sets.work_shares(stats, int(row["width"]), int(row["depth"]))
+        active.append(shares[0])
+        computed.append(shares[1])
+    return active, computed
+
+
 def learning_flags(cells: pd.DataFrame, matrices: dict[str, np.ndarray]) -> list[str]:
     """Each cell's learning flag: the one its row records, or (older rows) the one its
     confusion matrix and divergence give."""
@@ -499,6 +527,8 @@ TIMING_COLUMNS = (
     *((phase, f"{phase}_seconds_per_epoch") for phase in PHASES),
     ("eval (not training)", "eval_seconds_per_epoch"),
 )
+# Beside the times: how much of the work the method really did (shares, not seconds).
+SHARE_COLUMNS = (("active share", "active_share"), ("computed share", "computed_share"))
 
 
 def _seconds_format(seconds: pd.Series) -> str:
@@ -522,12 +552,18 @@ def timing_tables(summary: pd.DataFrame) -> list[GridTable]:
         values: dict[tuple[str, str], Stat] = {}
         standard = group[group["method"] == "standard"]
         baseline = float(standard["seconds_per_epoch"].iloc[0]) if len(standard) == 1 else None
+        fmt = _seconds_format(group["seconds_per_epoch"])
         for _, r in group.iterrows():
             for heading, metric in TIMING_COLUMNS:
                 values[(r["label"], heading)] = _stat(r, metric)
             if baseline:
                 values[(r["label"], "total / STANDARD")] = Stat(r["seconds_per_epoch"] / baseline)
+            for heading, metric in SHARE_COLUMNS:
+                if metric in r.index and not _is_missing(r[metric]):
+                    # Shares print as percentages in the table's own decimals.
+                    values[(r["label"], heading)] = Stat(100.0 * float(r[metric]))
         columns = [h for h, _ in TIMING_COLUMNS] + (["total / STANDARD"] if baseline else [])
+        columns += [h for h, _ in SHARE_COLUMNS]
         tables.append(
             GridTable(
                 title=f"Seconds per epoch, {group_name(dataset, arch)}, {depth} hidden "
@@ -536,9 +572,13 @@ def timing_tables(summary: pd.DataFrame) -> list[GridTable]:
                 rows=labels,
                 columns=columns,
                 values=values,
-                fmt=_seconds_format(group["seconds_per_epoch"]),
+                fmt=fmt,
                 note="training time per epoch = data + forward + backward + step + upkeep; "
-                "evaluation is timed apart",
+                "evaluation is timed apart; active share (%): of each hidden layer's units an "
+                "example uses (ALSH-APPROX: its own active set; dropout, standout: kept units; "
+                "MC-APPROX: pairs kept in its sampled products over hidden units), computed "
+                "share (%): units a step computes (ALSH-APPROX and dropout: the batch's "
+                "union), mean over hidden layers and epochs",
             )
         )
     return tables
@@ -875,6 +915,7 @@ def analyse(data: SweepData) -> Analysis:
         if m
     }
     cells["learning_flag"] = learning_flags(cells, matrices)
+    cells["active_share"], cells["computed_share"] = work_share_columns(cells, epochs)
     summary = summarise(cells)
     points = probe_points(cells, epochs)
     fits = probe_fits(points)

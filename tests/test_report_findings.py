@@ -248,3 +248,45 @@ def test_mc_approx_budgets_are_labelled_by_what_they_keep(
     depth_table = next(t for t in report.analysis.depth if "Test accuracy" in t.title)
     assert {"MC-APPROX_S ratio=0.1", "MC-APPROX_S k=10"} <= set(depth_table.rows)
     assert not math.isnan(report.analysis.summary["test_accuracy"].iloc[0])
+
+
+def test_time_tables_show_the_share_of_the_work_actually_done(
+    made: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Every time table shows, beside the seconds, the share of each layer an example used
+    and the share a step computed (ALSH-APPROX: its own 5% and the recorded units)."""
+    root, _ = made
+    report = build_report(root, tmp_path / "report")
+    table = next(t for t in report.analysis.timing if "2 hidden layer(s), batch 1" in t.title)
+    assert table.columns[-2:] == ["active share", "computed share"]
+    alsh_active = table.get("ALSH-APPROX_S", "active share")
+    alsh_computed = table.get("ALSH-APPROX_S", "computed share")
+    assert alsh_active is not None and alsh_active.mean == pytest.approx(5.0)
+    # Mean over the three epochs (fabricate_row's 50 + layer units in the first two, this
+    # file's 50 + 10 x layer in the last), then over layers 1 and 2, of 1000 units.
+    units = [statistics.fmean([50 + i, 50 + i, 50 + 10 * i]) for i in (1, 2)]
+    assert alsh_computed is not None
+    assert alsh_computed.mean == pytest.approx(100 * statistics.fmean(units) / 1000)
+    standard = table.get("STANDARD_S", "active share")
+    assert standard is not None and standard.mean == pytest.approx(100.0)
+
+
+def test_work_shares_read_each_methods_instrumentation() -> None:
+    from runner.active_sets import work_shares
+
+    assert work_shares({}, 1000, 3) == (1.0, 1.0)  # STANDARD: everything, reported nothing
+    alsh = {"active_share.layer1": 0.05, "active_share.layer2": 0.05}
+    alsh |= {"active_units.layer1": 400.0, "active_units.layer2": 300.0}
+    assert work_shares(alsh, 1000, 2) == pytest.approx((0.05, 0.35))
+    dropout = {"keep_rate.layer1": 0.04, "keep_rate.layer2": 0.06, "active_units.layer1": 50.0}
+    assert work_shares(dropout, 1000, 2) == pytest.approx((0.05, 0.05))
+    # MC-APPROX, backward mode, depth 3: the input gradients of layers 2 and 3 are over
+    # hidden units; layer 4's is over the 10 classes and layer 1's is never computed.
+    mc = {
+        "sampled_pairs.grad_input.layer2": 100.0,
+        "sampled_pairs.grad_input.layer3": 120.0,
+        "sampled_pairs.grad_input.layer4": 10.0,
+    }
+    assert work_shares(mc, 1000, 3) == pytest.approx((0.11, 1.0))
+    forward = {"sampled_pairs.forward.layer1": 79.0, "sampled_pairs.forward.layer2": 100.0}
+    assert work_shares(forward, 1000, 1) == pytest.approx((0.1, 1.0))
