@@ -79,6 +79,9 @@ PAPER_METHOD_PARAMS: dict[str, tuple[float | str, str]] = {
     "alsh_approx.rebuild_early": (100, "§10.2"),
     "alsh_approx.rebuild_late": (1000, "§10.2"),
     "alsh_approx.rebuild_switch": (10000, "§10.2"),
+    # Not stated in the text; what the code the paper ran does (methods.md).
+    "alsh_approx.hash_bias": ("ignore", "its code hashes w and queries a/|a|"),
+    "alsh_approx.active_size": ("buckets", "its code adds whole buckets until 5%"),
 }
 
 
