@@ -56,7 +56,11 @@ class Standout(MethodModel):
             z = layer(h)  # (B, width): dense, the whole pre-activation is needed
             pi = self.keep_probability(z)
             if sample:
-                mask = torch.bernoulli(pi, generator=self.sampling_generator)
+                # A diverged network has NaN pre-activations: drop those units (their NaN
+                # still reaches the loss, so the cell is recorded as diverged instead of
+                # torch.bernoulli raising on probabilities outside [0, 1]). Finite
+                # probabilities, hence every draw and result, are unchanged.
+                mask = torch.bernoulli(pi.nan_to_num(nan=0.0), generator=self.sampling_generator)
                 h = F.relu(z) * mask
                 if record:
                     self._kept_sum[i] += float(mask.mean())

@@ -67,9 +67,7 @@ from methods.base import Architecture, MethodModel
 from methods.sparse import ActiveUnits, SparseMLP
 
 
-def transform_p(
-    weight: torch.Tensor, bias: torch.Tensor | None, m: int, U: float
-) -> torch.Tensor:
+def transform_p(weight: torch.Tensor, bias: torch.Tensor | None, m: int, U: float) -> torch.Tensor:
     """P(w) (or P([w; b]) when `bias` is given) for every unit: (n, in) -> (n, in [+ 1] + m)."""
     wb = weight if bias is None else torch.cat([weight, bias.unsqueeze(1)], dim=1)
     norms = wb.norm(dim=1, keepdim=True)  # (n, 1)

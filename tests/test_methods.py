@@ -156,6 +156,24 @@ def test_standout_evaluates_the_expectation(batch: tuple[torch.Tensor, torch.Ten
         torch.testing.assert_close(model(x), expected)
 
 
+def test_standout_reports_a_diverged_network_instead_of_crashing(
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """Once a run diverges its pre-activations are NaN; the sampled mask must not raise
+    (torch.bernoulli refuses NaN probabilities): the loss is NaN, so the trainer records
+    the cell as diverged. Finite networks draw exactly the same masks as before."""
+    x, y = batch
+    model = build("adaptive_dropout", SMALL)
+    twin = build("adaptive_dropout", SMALL)
+    model.train()
+    twin.train()
+    torch.testing.assert_close(model(x), twin(x), rtol=0, atol=0)  # same draws when finite
+    with torch.no_grad():
+        model.layers[1].weight[0, 0] = float("nan")
+    loss = F.nll_loss(model(x), y)
+    assert torch.isnan(loss)
+
+
 # --- MC-APPROX ----------------------------------------------------------------------------------
 
 
