@@ -559,6 +559,49 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export ----------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from runner.export import export_mlflow, export_tensorboard
+
+    if args.to == "mlflow":
+        if args.out:
+            raise CpusweepError("--out is for --to tensorboard; MLflow takes --tracking-uri URI")
+        s = export_mlflow(args.results_dir, args.tracking_uri, args.experiment)
+    else:
+        if args.tracking_uri or args.experiment:
+            raise CpusweepError(
+                "--tracking-uri and --experiment are for --to mlflow; TensorBoard takes --out DIR"
+            )
+        s = export_tensorboard(args.results_dir, args.out)
+    console.print(
+        f"{s.created} cell run(s) created, {s.skipped} skipped as already exported"
+        + (f"; {s.redone} left incomplete by an earlier export redone" if s.redone else "")
+    )
+    if s.target == "mlflow":
+        console.print(
+            f"failed cells: {s.failed_created} run(s) created, {s.failed_skipped} already "
+            f"exported, {s.failed_updated} updated"
+            + (f"; {s.superseded} marked superseded (finished since)" if s.superseded else "")
+        )
+        console.print(
+            f"experiment {escape(str(s.experiment))} (id {s.experiment_id}), parent run "
+            f"{s.parent_run_id}"
+            + (f", with the report of {escape(str(s.report))}" if s.report else "")
+        )
+    console.print(f"store: {escape(s.location)}")
+    for note in s.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    hint = (
+        " (the UI is in the full `mlflow` package: pip install mlflow)"
+        if s.target == "mlflow"
+        else ""
+    )
+    console.print(f"view: {escape(s.view)}{hint}")
+    return 0
+
+
 # --- data ------------------------------------------------------------------------------------
 
 
@@ -882,6 +925,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="put the paper's published numbers beside ours, with the difference",
     )
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "export",
+        help="export a results folder to MLflow (runs) or TensorBoard (event files)",
+        parents=[common],
+    )
+    p.add_argument("results_dir")
+    p.add_argument("--to", choices=("mlflow", "tensorboard"), required=True)
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow/mlflow.db)",
+    )
+    p.add_argument("--experiment", help="MLflow experiment (default: the job's name)")
+    p.add_argument("--out", help="TensorBoard log folder (default: RESULTS_DIR/tensorboard)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "bench", help="time each method against a plain PyTorch loop", parents=[common]
