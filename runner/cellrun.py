@@ -267,6 +267,9 @@ def _train_cell(
             "node": node,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
+            # The SLURM job and node that ran it (the Ray node's srun step); null elsewhere.
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_node": os.environ.get("SLURMD_NODENAME"),
             "method_version": METHODS[cell.method].version,
             "trainer_version": TRAINER_VERSION,
             "dataset_version": DATASETS[cell.dataset].version,

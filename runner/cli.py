@@ -203,6 +203,66 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- slurm -----------------------------------------------------------------------------------
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from runner.datasets.loading import ensure_available
+    from runner.datasets.locations import downloads_allowed, resolve_data_root
+    from runner.slurm import SlurmJob, SlurmRequest, submit_script, write_script
+
+    spec = load_spec(args.job)
+    expansion = expand(spec)
+    if not expansion.cells:
+        raise CpusweepError(
+            f"{args.job}: the job has no cells: its [[exclude]] tables drop every combination "
+            "of the grid; loosen them (`python -m runner plan` shows the cells)"
+        )
+    store = ResultsStore(_results_dir(spec, args.results).absolute())
+    store.prepare()
+    plan = _plan_for(spec, store, retry_failed=False)
+    # The datasets, here and now (downloading them where allowed: login nodes often have the
+    # network that compute nodes lack), rather than after a wait in the queue.
+    root = resolve_data_root(args.data_root)
+    for name in sorted({c.dataset for c in plan.todo}):
+        ensure_available(name, root, downloads_allowed())
+    job = SlurmJob(
+        name=spec.name,
+        job_file=Path(args.job).absolute(),
+        results=store.root,
+        python=sys.executable,
+        workdir=Path.cwd(),
+        request=SlurmRequest(
+            nodes=args.nodes,
+            cpus_per_node=args.cpus_per_node,
+            mem_per_cpu=args.mem_per_cpu,
+            time=args.time,
+            partition=args.partition,
+            account=args.account,
+        ),
+        data_root=Path(args.data_root).absolute() if args.data_root else None,
+        container=Path(args.container).absolute() if args.container else None,
+        command=_resume_command(),
+    )
+    script = write_script(job)
+    console.print(f"[bold]{spec.name}[/]: {_counts_line(plan)} → {escape(str(store.root))}")
+    console.print(f"Wrote {escape(str(script))}")
+    if not args.submit:
+        console.print(f"Submit it with: sbatch {escape(str(script))}  (or add --submit)")
+        return 0
+    if not plan.todo:
+        console.print("Nothing to run: not submitted.")
+        return 1 if plan.failed else 0
+    job_id = submit_script(script, job.request)
+    console.print(f"Submitted batch job {job_id}")
+    console.print(
+        f"output: {escape(str(store.root / 'slurm' / f'slurm-{job_id}.out'))}; "
+        f"`squeue -j {job_id}` shows it; `python -m runner status {escape(str(store.root))}` "
+        "the sweep. Run this command again to resume after the job ends."
+    )
+    return 0
+
+
 # --- plan ------------------------------------------------------------------------------------
 
 
@@ -893,6 +953,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-failed", action="store_true", help="re-run cells that failed")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "slurm",
+        help="write (and --submit) an sbatch script that runs the sweep on a SLURM cluster",
+        parents=[common],
+    )
+    p.add_argument("job", help="job file (TOML)")
+    p.add_argument("--nodes", type=_positive_int, default=1, help="nodes (default: 1)")
+    p.add_argument(
+        "--cpus-per-node",
+        type=_positive_int,
+        help="CPUs per node (default: whole nodes, every CPU of each)",
+    )
+    p.add_argument("--mem-per-cpu", help="memory per CPU, SLURM's syntax (e.g. 2000, 2G)")
+    p.add_argument("--time", help="time limit, SLURM's syntax (e.g. 04:00:00, 1-00:00:00)")
+    p.add_argument("--partition", help="partition (default: the cluster's default)")
+    p.add_argument("--account", help="account to charge")
+    p.add_argument("--results", help="results folder (default: results/<name>)")
+    p.add_argument(
+        "--data-root",
+        help="dataset folder (default: $CPUSWEEP_DATA_ROOT, else ~/.cache/cpusweep/data)",
+    )
+    p.add_argument(
+        "--container",
+        metavar="IMAGE.sif",
+        help="run every Ray node and the driver in this Apptainer image (docker/cpusweep.def)",
+    )
+    p.add_argument(
+        "--submit", action="store_true", help="also submit it with sbatch; prints the job id"
+    )
+    p.set_defaults(func=cmd_slurm)
 
     p = sub.add_parser(
         "plan", help="show the cells and what is done, without running", parents=[common]

@@ -87,6 +87,8 @@ MEASURED_COLUMNS = (
     "node",
     "hostname",
     "pid",
+    "slurm_job_id",  # SLURM_JOB_ID where the cell ran, null outside SLURM
+    "slurm_node",  # SLURMD_NODENAME, the SLURM node name; null outside SLURM
     "method_version",
     "trainer_version",
     "dataset_version",
