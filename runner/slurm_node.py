@@ -177,12 +177,13 @@ def run(args: argparse.Namespace) -> int:
             _write(run_dir / "head-address", node.gcs_address)
         _write(run_dir / f"ready-{args.name}", node.node_id)
         log.warning(
-            "Ray %s node %s up on %s (%s, %d CPUs), cluster %s",
+            "Ray %s node %s up on %s (%s, %d CPUs, %s), cluster %s",
             args.role,
             node.node_id[:8],
             args.name,
             args.node_ip,
             args.cpus,
+            "memory as Ray measures it" if memory is None else f"{memory // MiB} MiB from SLURM",
             node.gcs_address,
         )
         stop = run_dir / "stop"

@@ -105,7 +105,7 @@ def assert_ray_gone(slurm: SlurmCluster, job_id: str) -> None:
 def test_sweep_runs_on_both_nodes_each_cell_once(slurm: SlurmCluster, tmp_path: Path) -> None:
     job = digits_job(tmp_path / "two.toml", "two-nodes", seeds=(0, 1, 2, 3))
     results = tmp_path / "two"
-    job_id, said = submit(slurm, job, results)
+    job_id, said = submit(slurm, job, results, "--mem-per-cpu", "1500")
     script = results / "slurm" / "two-nodes.sbatch"
     assert f"Wrote {script}" in said and script.is_file()
 
@@ -118,8 +118,9 @@ def test_sweep_runs_on_both_nodes_each_cell_once(slurm: SlurmCluster, tmp_path: 
     assert set(table["slurm_job_id"]) == {job_id}
     assert set(table["slurm_node"]) == set(NODES)  # cells ran on both SLURM nodes
     assert_ray_gone(slurm, job_id)
-    for node in NODES:  # each Ray node stopped itself when the sweep was over
+    for node in NODES:  # each Ray node offered what SLURM gave it, and stopped itself
         log = (results / "slurm" / f"{job_id}-0" / f"ray-{node}.log").read_text()
+        assert f"up on {node} (127.0.0.1, 1 CPUs, 1500 MiB from SLURM)" in log, log
         assert "the sweep is over: stopping the Ray node" in log, log
 
     code, status = run_cli(["status", str(results)], cwd=tmp_path)
