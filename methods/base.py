@@ -1,6 +1,6 @@
 """What every training method provides to the shared training loop, and shared MLP pieces.
 
-The five methods differ in their layers, not in their loop (runner/trainer.py runs them all):
+The five methods differ in their layers, not in their loop (runner/run/trainer.py runs them all):
 a method is an `nn.Module` whose forward pass in training mode is the method's own (sampled,
 sparse, masked) computation and in evaluation mode the exact network, plus hooks for its
 optimizer, its periodic upkeep, and its instrumentation.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runner.params import Param
+from runner.job.params import Param
 
 
 @dataclass(frozen=True)

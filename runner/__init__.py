@@ -1,7 +1,7 @@
 """cpusweep's runner: job files to cells, cells to Ray tasks, results to Parquet.
 
 The public surface, re-exported here (lazily, PEP 562: `methods.registry` imports
-`runner.params`, and importing this package must not pull in the rest of the runner).
+`runner.job.params`, and importing this package must not pull in the rest of the runner).
 """
 
 from __future__ import annotations
@@ -10,19 +10,19 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Cell": "runner.cells",
+    "Cell": "runner.job.cells",
     "CpusweepError": "runner.errors",
     "DatasetError": "runner.errors",
     "ExecutorError": "runner.errors",
     "ResultsError": "runner.errors",
     "SpecError": "runner.errors",
-    "Expansion": "runner.grid",
-    "expand": "runner.grid",
-    "JobSpec": "runner.spec",
-    "load_spec": "runner.spec",
-    "parse_spec": "runner.spec",
-    "ResultsStore": "runner.store",
-    "build_report": "runner.report",
+    "Expansion": "runner.job.grid",
+    "expand": "runner.job.grid",
+    "JobSpec": "runner.job.spec",
+    "load_spec": "runner.job.spec",
+    "parse_spec": "runner.job.spec",
+    "ResultsStore": "runner.results.store",
+    "build_report": "runner.report.analysis",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,7 @@
 import signal
 import sys
 
-from runner.cli import main
+from runner.cli.main import main
 
 code = main()
 # Everything is done and said: a Ctrl-C or `kill` arriving now (say, a second one while a

@@ -2,7 +2,7 @@
 
 For every method x batch size x depth, one epoch over a fixed slice of MNIST-shaped synthetic
 data (784 features, 10 classes, width 1000 by default) is timed through the real code path
-(`methods.build` and `runner.trainer.train`, with its data / forward / backward / step /
+(`methods.build` and `runner.run.trainer.train`, with its data / forward / backward / step /
 upkeep split), side by side in the same process with the loop a researcher would write by
 hand: an `nn.Sequential` of Linear and ReLU, log-softmax, NLL and a stock torch optimizer.
 Everything runs `repeats` times, interleaved, and every ratio is taken within one repeat
@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.active_sets import work_shares
-from runner.published import paper_optimizer
+from runner.report.active_sets import work_shares
+from runner.report.published import paper_optimizer
 
 log = logging.getLogger("cpusweep")
 
@@ -121,8 +121,8 @@ def machine() -> dict[str, Any]:
     """What the benchmark runs on (after pinning torch to one thread, as every cell is)."""
     import torch
 
-    from runner.allocator import steady_allocator
-    from runner.threads import apply_threads, observe
+    from runner.run.allocator import steady_allocator
+    from runner.run.threads import apply_threads, observe
 
     apply_threads(1)
     steady_allocator()
@@ -240,7 +240,7 @@ def method_epoch(
     import methods
     from methods.base import Architecture, TrainSettings
     from methods.registry import METHODS
-    from runner.trainer import train
+    from runner.run.trainer import train
 
     arch = Architecture(
         in_features=splits.x_train.shape[1], width=width, depth=depth, classes=splits.info.classes
@@ -284,8 +284,8 @@ def _target_for(method: str, batch_size: int, depth: int) -> tuple[str, float] |
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> list[Record]:
     """Time every case `config.repeats` times, interleaved; return one record per case."""
-    from runner.allocator import steady_allocator
-    from runner.threads import apply_threads
+    from runner.run.allocator import steady_allocator
+    from runner.run.threads import apply_threads
 
     apply_threads(1)
     steady_allocator()  # as in every cell: both sides of each ratio alike
@@ -432,9 +432,9 @@ pin_cores = {"true" if pin else "false"}
 
 def calibrate_epochs(cell_seconds: float) -> int:
     """Epochs of the benchmark's digits cell that take about `cell_seconds` on this machine."""
-    from runner.cellrun import run_cell
-    from runner.grid import expand
-    from runner.spec import parse_spec
+    from runner.job.grid import expand
+    from runner.job.spec import parse_spec
+    from runner.run.cellrun import run_cell
 
     cell = expand(parse_spec(_job_text("calibrate", 1, 1, False))).cells[0]
     result = run_cell(cell.to_payload())
@@ -451,12 +451,12 @@ def sweep_bench(
     from datetime import datetime
     from pathlib import Path
 
-    from runner.checkpoint import prepare_checkpoints
-    from runner.executors import RayExecutor
-    from runner.grid import expand
-    from runner.spec import parse_spec
-    from runner.store import ResultsStore
-    from runner.sweep import make_plan, run_sweep
+    from runner.job.grid import expand
+    from runner.job.spec import parse_spec
+    from runner.results.store import ResultsStore
+    from runner.run.checkpoint import prepare_checkpoints
+    from runner.run.executors import RayExecutor
+    from runner.run.sweep import make_plan, run_sweep
 
     spec = parse_spec(_job_text("sweep-bench", cells, epochs, pin))
     store = ResultsStore(Path(results_dir))

@@ -31,9 +31,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from runner.checkpoint import CellCheckpoints
-from runner.grid import expand
-from runner.spec import load_spec
+from runner.job.grid import expand
+from runner.job.spec import load_spec
+from runner.run.checkpoint import CellCheckpoints
 from tests.conftest import REPO, write_job
 
 DEADLINE = 240  # seconds for anything to happen on a loaded 2-core machine
@@ -268,7 +268,7 @@ def running_checkpoint(results: Path, min_epoch: int) -> dict[str, Any] | None:
 
 def assert_bit_identical(job: Path, key: str, row: pd.Series) -> None:
     """The finished row of cell `key` equals an uninterrupted run of it in this process."""
-    from runner.cellrun import run_cell
+    from runner.run.cellrun import run_cell
 
     [cell] = [c for c in expand(load_spec(job)).cells if c.key == key]
     reference = run_cell(cell.to_payload())["row"]

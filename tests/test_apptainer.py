@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.slurm import SlurmJob, SlurmRequest, render_script
+from runner.clusters.slurm import SlurmJob, SlurmRequest, render_script
 from tests.conftest import REPO
 from tests.test_docker import CPU_INDEX, dockerfile, dockerfile_args, pinned_ray, pyproject
 

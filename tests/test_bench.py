@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner.bench import BenchConfig, run_bench
-from runner.cli import main
+from runner.cli.main import main
 
 REQUIRED = (
     "method",

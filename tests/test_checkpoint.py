@@ -20,22 +20,22 @@ from torch import nn
 
 from methods.base import MethodModel, TrainSettings, init_linear_
 from methods.registry import METHODS
-from runner.cellrun import run_cell
-from runner.cells import Cell
-from runner.checkpoint import (
+from runner.cli.main import main
+from runner.datasets.loading import load_splits
+from runner.job.cells import Cell
+from runner.job.spec import SHARED_PARAMS, parse_spec
+from runner.results.store import ResultsStore
+from runner.run.cellrun import run_cell
+from runner.run.checkpoint import (
     _STATE_FIELDS,
     TOKEN_FILE,
     CheckpointPolicy,
     checkpoint_path,
     prepare_checkpoints,
 )
-from runner.cli import main
-from runner.datasets.loading import load_splits
-from runner.executors import Executor, Result
-from runner.spec import SHARED_PARAMS, parse_spec
-from runner.store import ResultsStore
-from runner.sweep import make_plan, run_sweep
-from runner.trainer import LoopState, train
+from runner.run.executors import Executor, Result
+from runner.run.sweep import make_plan, run_sweep
+from runner.run.trainer import LoopState, train
 from tests.conftest import write_job
 from tests.faults import stop_after_checkpoint
 
@@ -146,7 +146,7 @@ def test_every_method_resumes_bit_identical(
         f'name = "m"\n[params]\nmethod = "{method}"\ndataset = "digits"\nwidth = 64\n'
         "depth = 2\nepochs = 4\nbatch_size = 10\ntrain_limit = 300\nlr = 0.01\n"
     )
-    from runner.grid import expand
+    from runner.job.grid import expand
 
     [cell] = expand(spec).cells
     reference = run_cell(cell.to_payload())
@@ -315,7 +315,7 @@ def test_checkpoint_every_is_a_resource_not_part_of_the_key() -> None:
     assert spec.resources.checkpoint_every == 0
     with pytest.raises(Exception, match="checkpoint_every"):
         parse_spec(base + "[resources]\ncheckpoint_every = -1\n")
-    from runner.grid import expand
+    from runner.job.grid import expand
 
     assert [c.key for c in expand(spec).cells] == [c.key for c in expand(parse_spec(base)).cells]
 
@@ -371,7 +371,7 @@ def test_driver_deletes_checkpoints_of_finished_and_application_failed_cells_onl
         '[params]\nmethod = "standard"\ndataset = "digits"\nepochs = 2\nwidth = 16\n'
         "depth = 1\nbatch_size = 20\ntrain_limit = 100\n"
     )
-    from runner.grid import expand
+    from runner.job.grid import expand
 
     cells = expand(spec).cells
     store = ResultsStore(tmp_path / "results")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.cli.main import main
 from tests.conftest import write_job
 
 
@@ -95,10 +95,10 @@ def test_status_of_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_status_tells_resumable_checkpoints_from_orphaned_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runner.checkpoint import checkpoint_path
-    from runner.grid import expand
-    from runner.spec import parse_spec
-    from runner.store import ResultsStore
+    from runner.job.grid import expand
+    from runner.job.spec import parse_spec
+    from runner.results.store import ResultsStore
+    from runner.run.checkpoint import checkpoint_path
 
     def job(depths: str) -> str:
         return f"""
@@ -168,7 +168,7 @@ def test_a_results_path_through_a_file_is_refused_before_anything_runs(
 def test_a_job_file_copy_that_is_not_text_does_not_stop_status_or_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runner.store import ResultsStore
+    from runner.results.store import ResultsStore
 
     store = ResultsStore(tmp_path / "results")
     store.prepare()
@@ -315,7 +315,7 @@ def test_data_prepare_rejects_unknown_names_before_fetching(
 def test_verbose_goes_anywhere_and_cpus_must_be_positive(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from runner.cli import build_parser
+    from runner.cli.main import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["submit", "j.toml", "-v"]).verbose

@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from runner.grid import expand
-from runner.spec import load_spec
+from runner.job.grid import expand
+from runner.job.spec import load_spec
 from tests.conftest import REPO, write_job
 from tests.faults import assert_bit_identical, running_checkpoint
 

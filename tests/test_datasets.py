@@ -342,10 +342,10 @@ def every_dataset_root(tmp_path: Path) -> Path:
 def test_train_limit_works_for_every_dataset(every_dataset_root: Path, no_network: None) -> None:
     """A real cell per dataset, through the cell function: only the first 30 training
     examples are used (2 steps at batch 20), the network has the dataset's input size."""
-    from runner.cellrun import run_cell
-    from runner.cells import Cell
     from runner.datasets.prepared import prepare
-    from runner.spec import SHARED_PARAMS
+    from runner.job.cells import Cell
+    from runner.job.spec import SHARED_PARAMS
+    from runner.run.cellrun import run_cell
 
     # Fabricated CIFAR pickles cannot match the published md5s: prepare them explicitly
     # unverified, as a user would with `data prepare --skip-checksums`; cells then read the

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from runner.cells import Cell
-from runner.cli import main
+from runner.cli.main import main
 from runner.errors import CpusweepError
-from runner.estimate import Estimator, load_bench, longest_first, makespan, multiply_adds
-from runner.grid import expand
-from runner.spec import parse_spec
+from runner.job.cells import Cell
+from runner.job.grid import expand
+from runner.job.spec import parse_spec
+from runner.run.estimate import Estimator, load_bench, longest_first, makespan, multiply_adds
 
 
 def cells(body: str) -> list[Cell]:
@@ -163,16 +163,16 @@ def test_plan_prints_estimates_from_finished_cells(
 def test_submit_runs_the_longest_cells_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runner.cellrun
+    import runner.run.cellrun
 
     order: list[int] = []
-    real = runner.cellrun.run_cell
+    real = runner.run.cellrun.run_cell
 
     def recording(payload: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         order.append(int(payload["values"]["epochs"]))
         return real(payload, *args, **kwargs)
 
-    monkeypatch.setattr(runner.cellrun, "run_cell", recording)
+    monkeypatch.setattr(runner.run.cellrun, "run_cell", recording)
     job = tmp_path / "order.toml"
     job.write_text(
         textwrap.dedent("""

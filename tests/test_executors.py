@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import ExecutorError
-from runner.executors import _check_reachable, _connection_hint
+from runner.run.executors import _check_reachable, _connection_hint
 from tests.faults import run_cli
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
-from runner.store import ResultsStore
+from runner.cli.main import main
+from runner.results.store import ResultsStore
 from tests.test_report import fabricate
 
 JOB = """

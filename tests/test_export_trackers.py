@@ -3,7 +3,7 @@ each tool's own reader (mlflow.search_runs and MlflowClient; TensorBoard's Event
 
 A real small sweep on the bundled digits (serial executor): three methods at depth 1 first,
 then depth 2 joins with one cell failing (injected), then that cell is retried. Expected values
-come from the result files themselves (pyarrow), not from runner/export.py.
+come from the result files themselves (pyarrow), not from runner/export/trackers.py.
 
 Marker `export`: needs the extras (`pip install -e '.[mlflow,tensorboard]'`); .ci/run runs
 these with `python -m pytest -m export`. Offline: every test runs with the network guard, and
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import methods
-from runner.cli import main
+from runner.cli.main import main
 from tests.conftest import REPO, write_job
 from tests.test_report import fabricate
 
@@ -357,7 +357,7 @@ def test_fabricated_rows_export_with_their_own_parameters_and_a_diverged_loss(
         epochs = 3
         """
     )
-    from runner.store import ResultsStore
+    from runner.results.store import ResultsStore
 
     made = fabricate(tmp_path / "results", job)
     for row in made.rows.values():  # the columns' real types, and a loss gone NaN
@@ -368,7 +368,7 @@ def test_fabricated_rows_export_with_their_own_parameters_and_a_diverged_loss(
         row["diverged"] = standard
         row["learning_flag"] = "diverged" if standard else ""
         ResultsStore(made.root).write_result(row)
-    from runner.export import export_mlflow
+    from runner.export.trackers import export_mlflow
 
     summary = export_mlflow(made.root, attach_report=False)
     assert summary.created == 2
@@ -416,7 +416,7 @@ def test_the_cli_reaches_no_network_even_outside_pytest(stages: Stages, tmp_path
                 raise OSError("blocked by the test")
             return real_connect(self, address)
         socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
-        from runner.cli import main
+        from runner.cli.main import main
         code = main(["export", {str(results)!r}, "--to", "mlflow"])
         code = code or main(["export", {str(results)!r}, "--to", "tensorboard"])
         sys.exit(code)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
-from runner.store import ResultsStore
+from runner.cli.main import main
+from runner.results.store import ResultsStore
 from tests.faults import (
     FAULTY_BUILD,
     Driver,
@@ -119,9 +119,9 @@ def test_every_ray_outcome_has_its_class_and_a_hint_in_status(
     (no cluster needed), and each class as `status` shows it."""
     import ray.exceptions as rex
 
-    from runner.cells import Cell
-    from runner.executors import _classify_ray_error, _failure_result
-    from runner.spec import SHARED_PARAMS
+    from runner.job.cells import Cell
+    from runner.job.spec import SHARED_PARAMS
+    from runner.run.executors import _classify_ray_error, _failure_result
 
     outcomes = {
         "out_of_memory": rex.OutOfMemoryError("1 worker(s) were killed due to the node ..."),

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runner.checkpoint import checkpoint_path
-from runner.cli import main
+from runner.cli.main import main
+from runner.run.checkpoint import checkpoint_path
 from tests.faults import assert_complete, digits_job, job_keys, stop_after_checkpoint
 
 
@@ -83,7 +83,7 @@ def test_a_valid_file_with_a_wrong_digest_is_not_done(tmp_path: Path) -> None:
     with a well-formed Parquet file around it) does not count."""
     import pyarrow.parquet as pq
 
-    from runner.store import ResultsStore
+    from runner.results.store import ResultsStore
 
     job = digits_job(tmp_path / "j.toml", "edited", seeds=[0])
     results = tmp_path / "results"

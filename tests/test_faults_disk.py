@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-import runner.store
-from runner.cli import main
-from runner.store import read_result
+import runner.results.store
+from runner.cli.main import main
+from runner.results.store import read_result
 from tests.faults import assert_complete, digits_job, job_keys, result_keys
 
 
@@ -106,7 +106,7 @@ def test_disk_full_mid_sweep_keeps_every_finished_cell(
                 return HalfWritten(handle)
         return handle
 
-    monkeypatch.setattr(runner.store, "open", filling_open, raising=False)
+    monkeypatch.setattr(runner.results.store, "open", filling_open, raising=False)
     assert main(args) == 2
     err = capsys.readouterr().err.replace("\n", "")
     assert f"the disk holding {results / 'cells'}" in err and "is full" in err
@@ -198,12 +198,12 @@ def _mount_option(target: Path, options: str) -> bool:
 def test_a_results_path_that_cannot_be_a_folder_stops_before_any_cell_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import runner.cellrun
+    import runner.run.cellrun
 
     def must_not_run(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a cell ran")
 
-    monkeypatch.setattr(runner.cellrun, "run_cell", must_not_run)
+    monkeypatch.setattr(runner.run.cellrun, "run_cell", must_not_run)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     job = digits_job(tmp_path / "j.toml", "blocked", seeds=[0])

@@ -156,7 +156,7 @@ def test_what_a_driver_killed_mid_write_leaves_is_cleared(tmp_path: Path) -> Non
     """A driver killed between writing a temporary file and renaming it, or between storing
     a result and deleting the cell's failure record and checkpoint, leaves those behind. The
     next submit (holding the lock, so nothing else writes there) clears them."""
-    from runner.cli import main
+    from runner.cli.main import main
 
     job = digits_job(tmp_path / "j.toml", "leftovers", seeds=[0, 1])
     results = tmp_path / "results"

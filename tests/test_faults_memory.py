@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.cli.main import main
 from tests.faults import assert_complete, cli_env, job_keys, run_cli, write_job
 
 HOG_JOB = """
@@ -44,7 +44,7 @@ HOG_JOB = """
 CAPPED = """
     import resource, sys
     import numpy, pyarrow.parquet, sklearn.datasets, torch  # what every run maps anyway
-    import runner.cli, runner.trainer, methods
+    import runner.cli.main, runner.run.trainer, methods
 
     def mapped() -> int:
         with open("/proc/self/status") as f:
@@ -52,7 +52,7 @@ CAPPED = """
 
     cap = mapped() + 1024 * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    sys.exit(runner.cli.main(sys.argv[1:]))
+    sys.exit(runner.cli.main.main(sys.argv[1:]))
 """
 
 
@@ -62,8 +62,8 @@ def _failure(results: Path, key: str) -> dict[str, object]:
 
 
 def _keys_by_width(job: Path) -> tuple[str, str]:
-    from runner.grid import expand
-    from runner.spec import load_spec
+    from runner.job.grid import expand
+    from runner.job.spec import load_spec
 
     cells = expand(load_spec(job)).cells
     [hog] = [c.key for c in cells if c.values["width"] != 16]

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runner.cli import main
+from runner.cli.main import main
 from runner.errors import DatasetError, SpecError
-from runner.spec import parse_spec
+from runner.job.spec import parse_spec
 from tests.conftest import REPO, fabricate_cifar10, write_job
 from tests.faults import assert_complete, cli_env, digits_job, job_keys, run_cli
 
@@ -219,8 +219,8 @@ def test_text_from_files_is_printed_as_is_never_as_markup(tmp_path: Path) -> Non
 
 _LISTENERS = """
 import json, os, sys
-from runner.executors import RayExecutor
-from runner.spec import Resources
+from runner.run.executors import RayExecutor
+from runner.job.spec import Resources
 
 executor = RayExecutor(Resources(memory_gb=0.5), None, 1, None, False)
 import ray

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from methods.registry import METHODS
-from runner.cli import main
+from runner.cli.main import main
 from runner.errors import CpusweepError, SpecError
-from runner.grid import expand
-from runner.spec import _TOP_LEVEL, RESOURCE_PARAMS, SHARED_PARAMS, load_spec, parse_spec
+from runner.job.grid import expand
+from runner.job.spec import _TOP_LEVEL, RESOURCE_PARAMS, SHARED_PARAMS, load_spec, parse_spec
 
 EXAMPLES = settings(
     max_examples=200,

@@ -7,10 +7,10 @@ import textwrap
 import pytest
 
 from methods.registry import METHODS, MethodInfo
-from runner.cells import Cell
-from runner.grid import expand
-from runner.params import Param
-from runner.spec import parse_spec
+from runner.job.cells import Cell
+from runner.job.grid import expand
+from runner.job.params import Param
+from runner.job.spec import parse_spec
 
 
 @pytest.fixture

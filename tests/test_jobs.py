@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from runner.errors import CpusweepError
-from runner.grid import expand
-from runner.spec import load_spec
+from runner.job.grid import expand
+from runner.job.spec import load_spec
 from tests.conftest import REPO
 
 CELL_COUNT = re.compile(r"\b(\d+) (?:small )?cells\b")

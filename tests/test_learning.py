@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from methods.registry import METHODS
-from runner.cellrun import run_cell
-from runner.cells import Cell
-from runner.spec import SHARED_PARAMS
+from runner.job.cells import Cell
+from runner.job.spec import SHARED_PARAMS
+from runner.run.cellrun import run_cell
 
 
 def digits_cell(**values: object) -> Cell:

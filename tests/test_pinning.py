@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.pinning import LOCK_DIR_ENV, pinned_cores
+from runner.run.pinning import LOCK_DIR_ENV, pinned_cores
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
 
@@ -42,7 +42,7 @@ def test_a_core_held_by_another_cell_is_not_shared(lock_dir: Path, tmp_path: Pat
         pytest.skip("needs two cores")
     holder = textwrap.dedent("""
         import sys
-        from runner.pinning import pinned_cores
+        from runner.run.pinning import pinned_cores
         with pinned_cores(1) as cores:
             print(cores[0], flush=True)
             sys.stdin.readline()
@@ -68,7 +68,7 @@ def test_a_core_held_by_another_cell_is_not_shared(lock_dir: Path, tmp_path: Pat
 
 
 def test_a_pinned_cell_records_its_core(lock_dir: Path) -> None:
-    from runner.cellrun import run_cell
+    from runner.run.cellrun import run_cell
     from tests.test_learning import digits_cell
 
     original = os.sched_getaffinity(0)

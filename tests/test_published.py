@@ -1,7 +1,8 @@
 """`compare` with the paper compares like with like, and names every setting that differs.
 
-Summaries are built by hand (one row per configuration, the columns `runner.report.summarise`
-gives), so nothing is trained and nothing is read from disk but the published numbers.
+Summaries are built by hand (one row per configuration, the columns
+`runner.report.analysis.summarise` gives), so nothing is trained and nothing is read from disk
+but the published numbers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import pandas as pd
 import pytest
 
 from runner.datasets.registry import DATASETS
-from runner.published import (
+from runner.report.analysis import paper_label
+from runner.report.page import comparison_markdown
+from runner.report.published import (
     PAPER_METHOD_PARAMS,
     PAPER_TRAIN_SIZES,
     PublishedDataError,
@@ -23,8 +26,6 @@ from runner.published import (
     paper_lr,
     paper_optimizer,
 )
-from runner.report import paper_label
-from runner.report_page import comparison_markdown
 
 PAPER_CPU_MODEL = "Intel(R) Core(TM) i9-9920X CPU @ 3.50GHz"
 THREADS_NOTE = "ours: 1 torch thread(s) (paper: PyTorch's default, all cores)"

@@ -1,7 +1,7 @@
 """Reports from fabricated results folders: exact numbers, every figure, partial sweeps.
 
 Rows are written through ResultsStore.write_result, so they follow the real schema; every
-expected number is computed here independently of runner/report.py (statistics module).
+expected number is computed here independently of runner/report/analysis.py (statistics module).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import pandas as pd
 import pytest
 
 from methods.registry import METHODS
-from runner.cells import TRAINER_VERSION, Cell
-from runner.cli import main
+from runner.cli.main import main
 from runner.datasets.registry import DATASETS
-from runner.grid import expand
-from runner.published import PublishedDataError, load_published
-from runner.report import build_report, fit_theorem2, paper_label, prediction_shares
-from runner.schema import MEASURED_COLUMNS
-from runner.spec import parse_spec
-from runner.store import ResultsStore
+from runner.job.cells import TRAINER_VERSION, Cell
+from runner.job.grid import expand
+from runner.job.spec import parse_spec
+from runner.report.analysis import build_report, fit_theorem2, paper_label, prediction_shares
+from runner.report.published import PublishedDataError, load_published
+from runner.results.schema import MEASURED_COLUMNS
+from runner.results.store import ResultsStore
 
 PHASES = ("data", "forward", "backward", "step", "upkeep")
 EPOCHS = 3
@@ -565,7 +565,7 @@ def test_a_malformed_published_file_names_the_file_and_row(tmp_path: Path) -> No
 
 
 def test_labels_tell_apart_only_configurations_drawn_in_the_same_place() -> None:
-    from runner.report import annotate
+    from runner.report.analysis import annotate
 
     job = """
     name = "labels"

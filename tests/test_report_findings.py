@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from runner.cells import Cell
-from runner.cli import main
-from runner.grid import expand
-from runner.learning import CHANCE, DIVERGED
-from runner.progress import RichProgress
-from runner.report import build_report
-from runner.spec import parse_spec
-from runner.store import ResultsStore
+from runner.cli.main import main
+from runner.cli.progress import RichProgress
+from runner.job.cells import Cell
+from runner.job.grid import expand
+from runner.job.spec import parse_spec
+from runner.report.analysis import build_report
+from runner.results.learning import CHANCE, DIVERGED
+from runner.results.store import ResultsStore
 from tests.test_report import fabricate_row
 
 JOB = """
@@ -272,7 +272,7 @@ def test_time_tables_show_the_share_of_the_work_actually_done(
 
 
 def test_work_shares_read_each_methods_instrumentation() -> None:
-    from runner.active_sets import work_shares
+    from runner.report.active_sets import work_shares
 
     assert work_shares({}, 1000, 3) == (1.0, 1.0)  # STANDARD: everything, reported nothing
     alsh = {"active_share.layer1": 0.05, "active_share.layer2": 0.05}

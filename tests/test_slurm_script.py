@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.slurm import (
+from runner.clusters.slurm import (
     SlurmError,
     SlurmJob,
     SlurmRequest,
@@ -25,7 +25,7 @@ from runner.slurm import (
     time_limit_seconds,
     write_script,
 )
-from runner.slurm_node import (
+from runner.clusters.slurm_node import (
     build_parser,
     marked_processes,
     object_store_bytes,
@@ -101,7 +101,7 @@ def test_the_driver_and_every_ray_node_run_the_same_python(tmp_path: Path) -> No
     script = render_script(make_job(tmp_path))
     assert "PYTHON=(/opt/venv/bin/python)" in script
     runs = [line.strip() for line in script.splitlines() if "-m runner" in line]
-    assert any("-m runner.slurm_node" in line for line in runs)
+    assert any("-m runner.clusters.slurm_node" in line for line in runs)
     assert any("-m runner submit" in line for line in runs)
     for line in runs:
         if not line.startswith(("#", "say ", "echo ")):  # messages aside, every run of Python
@@ -344,9 +344,9 @@ def test_a_node_stops_exactly_the_processes_it_marked(tmp_path: Path) -> None:
 def test_rows_record_the_slurm_job_and_node_and_null_outside_slurm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runner.cellrun import run_cell
-    from runner.grid import expand
-    from runner.spec import load_spec
+    from runner.job.grid import expand
+    from runner.job.spec import load_spec
+    from runner.run.cellrun import run_cell
 
     [cell] = expand(load_spec(digits_job(tmp_path / "d.toml", "rows", seeds=(0,)))).cells
     for name in ("SLURM_JOB_ID", "SLURMD_NODENAME"):
@@ -363,7 +363,14 @@ def test_rows_record_the_slurm_job_and_node_and_null_outside_slurm(
 def test_the_launcher_refuses_a_worker_without_the_heads_address() -> None:
     out = subprocess.run(
         [
-            *(sys.executable, "-m", "runner.slurm_node", "worker", "--node-ip", "127.0.0.1"),
+            *(
+                sys.executable,
+                "-m",
+                "runner.clusters.slurm_node",
+                "worker",
+                "--node-ip",
+                "127.0.0.1",
+            ),
             *("--cpus", "1", "--run-dir", "/nonexistent"),
         ],
         capture_output=True,

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from runner.errors import SpecError
-from runner.spec import Resources, parse_spec
+from runner.job.spec import Resources, parse_spec
 
 
 def spec_problems(text: str) -> list[str]:
@@ -154,7 +154,7 @@ def test_int_is_accepted_for_float_and_normalised() -> None:
 
 
 def test_missing_file_is_a_spec_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from runner.spec import load_spec
+    from runner.job.spec import load_spec
 
     with pytest.raises(SpecError, match="file not found"):
         load_spec(tmp_path / "nope.toml")
@@ -163,8 +163,9 @@ def test_missing_file_is_a_spec_error(tmp_path) -> None:  # type: ignore[no-unty
 def test_pure_modules_import_without_torch_or_ray() -> None:
     code = textwrap.dedent("""
         import sys
-        import runner.spec, runner.grid, runner.cells, runner.sweep, methods.registry
-        import runner.estimate
+        import runner.job.spec, runner.job.grid, runner.job.cells, methods.registry
+        import runner.run.sweep
+        import runner.run.estimate
         import runner.datasets.registry
         heavy = [m for m in ("torch", "ray", "torchvision") if m in sys.modules]
         assert not heavy, heavy

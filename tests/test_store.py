@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from runner.errors import ResultsError
-from runner.schema import EPOCH_FIELDS, MEASURED_COLUMNS
-from runner.store import ResultsStore
+from runner.results.schema import EPOCH_FIELDS, MEASURED_COLUMNS
+from runner.results.store import ResultsStore
 
 
 def fake_row(key: str, **extra: object) -> dict[str, object]:
@@ -95,7 +95,7 @@ def test_second_submit_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     store.prepare()
     holder = textwrap.dedent(f"""
         import sys, time
-        from runner.store import ResultsStore
+        from runner.results.store import ResultsStore
         with ResultsStore({str(tmp_path / "r")!r}).lock():
             print("locked", flush=True)
             sys.stdin.readline()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runner.cli import main
+from runner.cli.main import main
 from tests.conftest import REPO, write_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -47,7 +47,7 @@ def test_ray_sweep_matches_serial_bit_for_bit(
     # The constrained-CPU claim, observed inside each Ray task.
     assert (ray_rows["torch_threads"] == 1).all()
     assert (ray_rows["omp_num_threads"] == "1").all()
-    # And the steady allocator (runner/allocator.py), in the workers as in this process.
+    # And the steady allocator (runner/run/allocator.py), in the workers as in this process.
     steady = "glibc mmap 32 MiB, trim 256 MiB"
     assert (ray_rows["allocator"] == steady).all() and (serial_rows["allocator"] == steady).all()
     assert ray_rows["node"].str.contains(":").all()  # host:ray-node-id

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 
 import methods
-from runner.cellrun import run_cell
-from runner.cli import main
-from runner.grid import expand
-from runner.spec import load_spec
-from runner.store import ResultsStore
-from runner.sweep import make_plan, run_sweep
+from runner.cli.main import main
+from runner.job.grid import expand
+from runner.job.spec import load_spec
+from runner.results.store import ResultsStore
+from runner.run.cellrun import run_cell
+from runner.run.sweep import make_plan, run_sweep
 from tests.conftest import write_job
 
 REQUIRED_REPORT_COLUMNS = (
@@ -160,7 +160,7 @@ def test_interrupt_keeps_finished_rows(
     digits_job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C during the third cell: two rows saved, the rest runs on the next submit."""
-    from runner.executors import SerialExecutor
+    from runner.run.executors import SerialExecutor
 
     spec = load_spec(digits_job)
     store = ResultsStore(tmp_path / "results")

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import trainer
-from runner.cellrun import run_cell
-from runner.cells import TRAIN_LIMIT_VERSION, Cell
 from runner.datasets.loading import load_splits
-from runner.grid import expand
-from runner.spec import parse_spec
+from runner.job.cells import TRAIN_LIMIT_VERSION, Cell
+from runner.job.grid import expand
+from runner.job.spec import parse_spec
+from runner.run import trainer
+from runner.run.cellrun import run_cell
 
 
 def digits_cell(method: str, batch_size: int) -> Cell:

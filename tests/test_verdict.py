@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from runner.learning import ALPHA, CHANCE, DIVERGED, LEARNED, binomial_upper_tail, verdict
+from runner.results.learning import ALPHA, CHANCE, DIVERGED, LEARNED, binomial_upper_tail, verdict
 
 
 @pytest.mark.parametrize(

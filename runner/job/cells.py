@@ -19,7 +19,7 @@ from typing import Any
 from methods.registry import METHODS
 from runner.datasets.registry import DATASETS
 
-# Bump when the shared training loop (runner/trainer.py) changes in a way that changes results.
+# Bump when the shared training loop (runner/run/trainer.py) changes in a way that changes results.
 TRAINER_VERSION = 1
 # Bump when what `train_limit` selects changes; part of the key of those cells only (2: a
 # seeded random subset, no longer the first N examples of the file).

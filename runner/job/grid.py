@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from methods.registry import METHODS
-from runner.cells import Cell
-from runner.spec import SHARED_PARAMS, JobSpec
+from runner.job.cells import Cell
+from runner.job.spec import SHARED_PARAMS, JobSpec
 
 
 @dataclass

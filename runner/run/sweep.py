@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.cells import Cell
-from runner.checkpoint import discard_checkpoint
-from runner.executors import Executor
-from runner.store import Ledger, ResultsStore
+from runner.job.cells import Cell
+from runner.results.store import Ledger, ResultsStore
+from runner.run.checkpoint import discard_checkpoint
+from runner.run.executors import Executor
 
 log = logging.getLogger("cpusweep")
 

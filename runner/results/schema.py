@@ -46,7 +46,7 @@ MEASURED_COLUMNS = (
     "best_val_accuracy",
     "final_train_loss",
     "diverged",
-    "learning_flag",  # "" learned; "chance" or "diverged" (runner/learning.py)
+    "learning_flag",  # "" learned; "chance" or "diverged" (runner/results/learning.py)
     "chance_accuracy",
     "chance_p_value",
     "approx_test_accuracy",  # the network as it trains (ALSH: through its tables), or null

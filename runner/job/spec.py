@@ -52,7 +52,7 @@ from typing import Any
 from methods.registry import METHODS
 from runner.datasets.registry import DATASETS
 from runner.errors import SpecError
-from runner.params import Param, params_by_name
+from runner.job.params import Param, params_by_name
 
 # Parameters every cell has. Defaults are the paper's (§9.4) unless said otherwise.
 SHARED_PARAMS: tuple[Param, ...] = (

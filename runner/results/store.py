@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from runner.errors import ResultsError
-from runner.schema import row_to_table
+from runner.results.schema import row_to_table
 
 log = logging.getLogger("cpusweep")
 

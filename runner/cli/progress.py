@@ -16,10 +16,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from runner.cells import Cell
-from runner.executors import Executor
-from runner.learning import describe, row_verdict
-from runner.sweep import SweepListener, SweepPlan
+from runner.job.cells import Cell
+from runner.results.learning import describe, row_verdict
+from runner.run.executors import Executor
+from runner.run.sweep import SweepListener, SweepPlan
 
 
 def _duration(seconds: float) -> str:
@@ -46,7 +46,7 @@ class RichProgress(SweepListener):
         )
         self.task: Any = None
         self.done = self.failed = self.running = self.queued = 0
-        self.not_learned = 0  # finished, but at chance or diverged (runner/learning.py)
+        self.not_learned = 0  # finished, but at chance or diverged (runner/results/learning.py)
         self.slots = 1
         self.started_at = time.perf_counter()
         self.cell_seconds: list[float] = []

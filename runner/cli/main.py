@@ -24,13 +24,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from runner.errors import CpusweepError
-from runner.estimate import Estimator, load_bench, longest_first, makespan
-from runner.grid import expand
-from runner.report import group_name, summary_flag
-from runner.spec import JobSpec, load_spec, parse_spec
-from runner.store import TEMP_SUFFIX, Ledger, ResultsStore
-from runner.sweep import SweepPlan, make_plan
-from runner.tables import GridTable, format_stat
+from runner.job.grid import expand
+from runner.job.spec import JobSpec, load_spec, parse_spec
+from runner.report.analysis import group_name, summary_flag
+from runner.report.tables import GridTable, format_stat
+from runner.results.store import TEMP_SUFFIX, Ledger, ResultsStore
+from runner.run.estimate import Estimator, load_bench, longest_first, makespan
+from runner.run.sweep import SweepPlan, make_plan
 
 # Piped output (CI logs, files) gets wide lines rather than tables squeezed to 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -77,7 +77,7 @@ def _counts_line(plan: SweepPlan) -> str:
 def _tidy(store: ResultsStore, ledger: Ledger) -> None:
     """Clear what an earlier submit killed mid-write left: temporary files, and failure
     records and checkpoints of cells whose result was stored just before it died."""
-    from runner.checkpoint import checkpoints_dir, discard_checkpoint
+    from runner.run.checkpoint import checkpoints_dir, discard_checkpoint
 
     removed = store.tidy(ledger)
     folder = checkpoints_dir(store.root)
@@ -93,18 +93,18 @@ def _tidy(store: ResultsStore, ledger: Ledger) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from runner.sweep import interrupt_handling
+    from runner.run.sweep import interrupt_handling
 
     with interrupt_handling():  # covers Ray's start-up and shut-down too
         return _submit(args)
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from runner.checkpoint import prepare_checkpoints
+    from runner.cli.progress import RichProgress
     from runner.datasets.locations import downloads_allowed, resolve_data_root
-    from runner.executors import Executor, RayExecutor, SerialExecutor
-    from runner.progress import RichProgress
-    from runner.sweep import run_sweep
+    from runner.run.checkpoint import prepare_checkpoints
+    from runner.run.executors import Executor, RayExecutor, SerialExecutor
+    from runner.run.sweep import run_sweep
 
     spec = load_spec(args.job)
     expansion = expand(spec)
@@ -207,9 +207,9 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
+    from runner.clusters.slurm import SlurmJob, SlurmRequest, submit_script, write_script
     from runner.datasets.loading import ensure_available
     from runner.datasets.locations import downloads_allowed, resolve_data_root
-    from runner.slurm import SlurmJob, SlurmRequest, submit_script, write_script
 
     spec = load_spec(args.job)
     expansion = expand(spec)
@@ -342,8 +342,8 @@ def _size_or_zero(path: Path) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from runner.checkpoint import checkpoints_dir
-    from runner.failures import FAILURE_HINTS, class_counts
+    from runner.run.checkpoint import checkpoints_dir
+    from runner.run.failures import FAILURE_HINTS, class_counts
 
     store = ResultsStore(args.results_dir)
     store.check_readable_folder()
@@ -426,8 +426,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _print_not_learned(store: ResultsStore, labels: dict[str, str]) -> None:
     """Finished cells that did not learn (chance accuracy or a diverged loss), as a table;
     `labels`: the job's cell labels by key (others are described from their row)."""
-    from runner.learning import describe, flag_text, row_verdict
-    from runner.report import paper_label
+    from runner.report.analysis import paper_label
+    from runner.results.learning import describe, flag_text, row_verdict
 
     table, _ = store.read_results()
     if table is None:
@@ -555,7 +555,7 @@ def _comparison_table(comparison: pd.DataFrame) -> Table:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from runner.report import build_report, not_learned_cells
+    from runner.report.analysis import build_report, not_learned_cells
 
     report = build_report(args.results_dir, args.out, compare_paper=args.compare_paper)
     data, analysis = report.data, report.analysis
@@ -599,7 +599,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         more = f" ... and {len(data.missing) - 10} more" if len(data.missing) > 10 else ""
         console.print(f"[yellow]{len(data.missing)} missing cell(s)[/]: {shown}{more}")
     if data.failed:
-        from runner.failures import class_counts
+        from runner.run.failures import class_counts
 
         counts = class_counts([f.error_class for f in data.failed])
         console.print("failures by class: " + escape(", ".join(f"{k} {n}" for k, n in counts)))
@@ -623,7 +623,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from runner.export import export_mlflow, export_tensorboard
+    from runner.export.trackers import export_mlflow, export_tensorboard
 
     if args.to == "mlflow":
         if args.out:

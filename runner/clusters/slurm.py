@@ -5,8 +5,8 @@ The script asks for whole nodes (or `--cpus-per-node` CPUs on each), one task pe
 inside the allocation it
 
 1. starts a Ray cluster: the head on the first node and one Ray node on every other node,
-   each through srun, each offering the CPUs SLURM gave it (runner/slurm_node.py: every port
-   the operating system's choice, a fresh random token per job, so two such jobs sharing a
+   each through srun, each offering the CPUs SLURM gave it (runner/clusters/slurm_node.py: every
+   port the operating system's choice, a fresh random token per job, so two such jobs sharing a
    node never collide and no other Ray can join);
 2. runs `python -m runner submit JOB.toml --address <head>` as the driver, on the first node;
 3. stops its own Ray nodes, and only those, when the driver ends (never `ray stop`).
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import CpusweepError
-from runner.store import atomic_write_bytes
+from runner.results.store import atomic_write_bytes
 
 SIGNAL = "USR1"
 SIGNAL_LEAD = 120  # seconds before the time limit; less for very short limits
@@ -245,7 +245,7 @@ SRUNS=()
 start_node() {  # ROLE NODE CPUS [HEAD ADDRESS]
     srun --nodes=1 --ntasks=1 --cpus-per-task="$3" --nodelist="$2" --kill-on-bad-exit=0 \
         --output="$RUN/ray-$2.log" \
-        "${PYTHON[@]}" -m runner.slurm_node "$1" --node-ip "$(node_ip "$2")" --cpus "$3" \
+        "${PYTHON[@]}" -m runner.clusters.slurm_node "$1" --node-ip "$(node_ip "$2")" --cpus "$3" \
         --name "$2" --run-dir "$RUN" --temp-dir "$RAY_TMP" \
         ${4:+--address "$4"} &
     SRUNS+=($!)

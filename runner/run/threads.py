@@ -49,7 +49,7 @@ def apply_threads(threads: int) -> None:
 
 def worker_setup_hook() -> None:
     """Ray `worker_process_setup_hook`: runs once in every new worker process of the job."""
-    from runner.allocator import steady_allocator
+    from runner.run.allocator import steady_allocator
 
     threads = int(os.environ.get(THREADS_ENV, "1"))
     apply_threads(threads)
@@ -71,7 +71,7 @@ def observe() -> dict[str, Any]:
     """What this process really computes with, for the result row."""
     import torch
 
-    from runner.allocator import current
+    from runner.run.allocator import current
 
     try:
         os_threads = len(os.listdir("/proc/self/task"))

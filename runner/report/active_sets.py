@@ -18,8 +18,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from runner.learning import ALPHA, CHANCE, binomial_upper_tail, flag_text
-from runner.tables import GridTable, Stat
+from runner.report.tables import GridTable, Stat
+from runner.results.learning import ALPHA, CHANCE, binomial_upper_tail, flag_text
 
 ALSH = "alsh_approx"
 OVERLAP = "stat.active_overlap.layer"
@@ -119,7 +119,7 @@ def final_stats(cells: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _accuracy_flags(heading: str, cells: pd.DataFrame) -> list[str]:
-    """The learning flags of these cells for an accuracy row (runner/learning.py): the
+    """The learning flags of these cells for an accuracy row (runner/results/learning.py): the
     recorded ones for the exact network; for the network through its tables, the same
     binomial test against the cells' chance level, applied to that accuracy."""
     if heading == EXACT_ACCURACY:

@@ -1,8 +1,8 @@
 """Failure classes: what went wrong with a cell, and what the user can do about it.
 
 Every failure record (`failed/<key>.json`) has an `error_class`, decided where the failure is
-seen: by the cell itself (runner/cellrun.py) for what it raises, by the executor
-(runner/executors.py) for a task that died or was stopped. `status` and the report count
+seen: by the cell itself (runner/run/cellrun.py) for what it raises, by the executor
+(runner/run/executors.py) for a task that died or was stopped. `status` and the report count
 failures by class and show the hint for each. Pure: no torch or Ray.
 """
 
@@ -12,7 +12,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runner.cells import Cell
+    from runner.job.cells import Cell
 
 # class -> what to do; in the order they are shown.
 FAILURE_HINTS: dict[str, str] = {

@@ -15,7 +15,7 @@ class Stat:
     std: float = math.nan  # sample standard deviation over seeds; NaN with one
     n: int = 0  # values averaged (seeds); 0 for a derived number (a ratio, a fitted c)
     # Set on an accuracy some of whose seeds did not learn: the value is marked wherever
-    # printed (runner/learning.py), e.g. "⚠ chance 1/3".
+    # printed (runner/results/learning.py), e.g. "⚠ chance 1/3".
     flag: str = ""
 
 

@@ -1,7 +1,7 @@
 """Export a results folder to the trackers people already look at: MLflow and TensorBoard.
 
 After the fact, from the Parquet rows (the timed training loop is never touched), read with the
-project's own reader (runner/report.py: `load_sweep`, `annotate`, `epochs_table`).
+project's own reader (runner/report/analysis.py: `load_sweep`, `annotate`, `epochs_table`).
 
 MLflow (`export_mlflow`): one experiment (default: the job's name) holding one parent run per
 job and, nested under it, one child run per finished cell (status FINISHED) and per failed cell
@@ -37,7 +37,7 @@ from types import ModuleType
 from typing import Any
 
 from runner.errors import CpusweepError, ResultsError
-from runner.schema import MEASURED_COLUMNS
+from runner.results.schema import MEASURED_COLUMNS
 
 ROLE_TAG = "cpusweep.role"  # "job" for a parent run, "cell" for a child
 JOB_TAG = "cpusweep.job"
@@ -217,7 +217,8 @@ def collect(results_dir: str | os.PathLike[str]) -> SweepExport:
     cells (with their epochs), failed cells (with their records) and how many are missing."""
     import numpy as np
 
-    from runner.report import (
+    from runner.job.spec import parse_spec
+    from runner.report.analysis import (
         annotate,
         epochs_table,
         group_name,
@@ -225,8 +226,7 @@ def collect(results_dir: str | os.PathLike[str]) -> SweepExport:
         load_sweep,
         paper_label,
     )
-    from runner.spec import parse_spec
-    from runner.store import ResultsStore
+    from runner.results.store import ResultsStore
 
     data = load_sweep(Path(results_dir))
     root = data.root
@@ -346,7 +346,7 @@ def ensure_report(root: Path) -> tuple[Path | None, str | None]:
     newest = max(_newest_mtime(root / "cells", "*.parquet"), _newest_mtime(root / "failed", "*"))
     if page.is_file() and page.stat().st_mtime >= newest:
         return out, None
-    from runner.report import build_report
+    from runner.report.analysis import build_report
 
     try:
         build_report(root)
@@ -629,7 +629,7 @@ def _export_runs(
 def _tb_run_dir(cell: CellExport) -> Path:
     """A cell's run folder, from the cell alone (so it never moves when more cells finish):
     <dataset>/<paper's method name>/d<depth>_s<seed>_<key>."""
-    from runner.report import slug
+    from runner.report.analysis import slug
 
     depth, seed = cell.params.get("depth"), cell.params.get("seed")
     return (

@@ -3,7 +3,7 @@
 It returns a plain dict, never raises for a problem of the cell's own making: an exception in
 the training code becomes a failure record with its traceback, so one bad cell never stops a
 sweep. The driver, the only writer of the results folder, stores what comes back. The one
-file a cell writes itself is its own checkpoint (runner/checkpoint.py), from which it continues
+file a cell writes itself is its own checkpoint (runner/run/checkpoint.py), from which it continues
 if it was interrupted before.
 """
 
@@ -22,12 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runner.cells import TRAINER_VERSION, Cell, canonical_json
-from runner.checkpoint import CellCheckpoints, CheckpointPolicy, StorageNotShared
 from runner.errors import DatasetError
-from runner.failures import failure_record, is_out_of_memory
-from runner.learning import verdict
-from runner.pinning import pinned_cores
+from runner.job.cells import TRAINER_VERSION, Cell, canonical_json
+from runner.results.learning import verdict
+from runner.run.checkpoint import CellCheckpoints, CheckpointPolicy, StorageNotShared
+from runner.run.failures import failure_record, is_out_of_memory
+from runner.run.pinning import pinned_cores
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -103,7 +103,7 @@ def run_cell(
 
     With `checkpoints`, the cell continues from its checkpoint if it has one, and saves one
     every `checkpoints.every` epochs. With `pin_cores` > 0, all its threads run on that many
-    cores of their own (runner/pinning.py), recorded in the row."""
+    cores of their own (runner/run/pinning.py), recorded in the row."""
     started = time.perf_counter()
     started_at = _utc_now()
     cell = Cell.from_payload(payload)
@@ -123,7 +123,7 @@ def run_cell(
         result = _failure(cell, "data", exc, started)
     except StorageNotShared as exc:
         result = _failure(cell, "storage", exc, started)
-    except Exception as exc:  # failure classes: runner/failures.py
+    except Exception as exc:  # failure classes: runner/run/failures.py
         result = _failure(
             cell, "out_of_memory" if is_out_of_memory(exc) else "application", exc, started
         )
@@ -141,11 +141,11 @@ def _train_cell(
     started_at: str,
 ) -> dict[str, Any]:
     # Threads and seeds first, before anything is built or loaded.
-    from runner.allocator import steady_allocator
-    from runner.threads import apply_threads, observe
+    from runner.run.allocator import steady_allocator
+    from runner.run.threads import apply_threads, observe
 
     apply_threads(cell.torch_threads)
-    steady_allocator()  # no page-fault warm-up in the timed epochs (see runner/allocator.py)
+    steady_allocator()  # no page-fault warm-up in the timed epochs (see runner/run/allocator.py)
     v = cell.values
     seed = int(v["seed"])
     seed_everything(seed)
@@ -166,7 +166,7 @@ def _train_cell(
     from runner.datasets.loading import load_splits
     from runner.datasets.locations import downloads_allowed, resolve_data_root
     from runner.datasets.registry import DATASETS
-    from runner.trainer import train
+    from runner.run.trainer import train
 
     root = resolve_data_root(data_root)
     kind = str(v["arch"])
@@ -236,7 +236,7 @@ def _train_cell(
             "final_train_loss": history[-1]["train_loss"],
             # The loss became NaN or infinite in some epoch (the cell still completes).
             "diverged": diverged,
-            # "" learned; "chance" or "diverged": did not learn (runner/learning.py).
+            # "" learned; "chance" or "diverged": did not learn (runner/results/learning.py).
             "learning_flag": learning.flag,
             "chance_accuracy": learning.chance_accuracy,
             "chance_p_value": learning.p_value,

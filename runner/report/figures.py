@@ -1,6 +1,6 @@
 """The report's figures: PNG files drawn with matplotlib's Agg backend (no display needed).
 
-Every figure is drawn from the tables of runner/report.py for whatever part of the grid the
+Every figure is drawn from the tables of runner/report/analysis.py for whatever part of the grid the
 sweep covers, one file per dataset (and architecture), and only where there is something to
 draw (a curve over depth needs two depths). Each method label keeps one colour throughout.
 """
@@ -23,14 +23,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from runner.report import (
+from runner.report.analysis import (
     Analysis,
     Theorem2Fit,
     group_name,
     prediction_shares,
     slug,
 )
-from runner.store import atomic_write_bytes
+from runner.results.store import atomic_write_bytes
 
 DPI = 100
 # The paper's illustration of Theorem 2 (§7): c = 5 gives 0.2, 0.44, 0.72, 1.07, 1.48, 1.98.

@@ -1,10 +1,11 @@
 """One Ray node of a sweep's Ray cluster inside a SLURM allocation.
 
-The sbatch script that `python -m runner slurm` writes (runner/slurm.py) starts one of these
-on every node of its allocation, through srun:
+The sbatch script that `python -m runner slurm` writes (runner/clusters/slurm.py) starts one of
+these on every node of its allocation, through srun:
 
-    python -m runner.slurm_node head   --node-ip IP --cpus C --run-dir DIR
-    python -m runner.slurm_node worker --node-ip IP --cpus C --run-dir DIR --address HEAD:PORT
+    python -m runner.clusters.slurm_node head   --node-ip IP --cpus C --run-dir DIR
+    python -m runner.clusters.slurm_node worker --node-ip IP --cpus C --run-dir DIR \
+        --address HEAD:PORT
 
 It does what `ray start --block` does, through the same Ray API (`ray._private.node.Node`,
 which `ray start` and `ray.cluster_utils` wrap), with the differences an allocation needs:
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m runner.slurm_node",
+        prog="python -m runner.clusters.slurm_node",
         description="One Ray node inside a SLURM allocation (started by the script that "
         "`python -m runner slurm` writes).",
     )

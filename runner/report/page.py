@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from runner.failures import FAILURE_HINTS, class_counts
-from runner.learning import ALPHA, CHANCE, DIVERGED, describe, flag_text
-from runner.report import group_name, not_learned_cells, summary_flag
-from runner.store import atomic_write_bytes
-from runner.tables import GridTable, Stat, format_stat
+from runner.report.analysis import group_name, not_learned_cells, summary_flag
+from runner.report.tables import GridTable, Stat, format_stat
+from runner.results.learning import ALPHA, CHANCE, DIVERGED, describe, flag_text
+from runner.results.store import atomic_write_bytes
+from runner.run.failures import FAILURE_HINTS, class_counts
 
 if TYPE_CHECKING:
-    from runner.figures import FigureFile
-    from runner.report import Report
+    from runner.report.analysis import Report
+    from runner.report.figures import FigureFile
 
 _MAX_LISTED = 500  # missing / failed cells listed on the page; the rest are counted
 
@@ -91,7 +91,7 @@ def _number(value: float, fmt: str) -> str:
 
 def comparison_markdown(comparison: pd.DataFrame, unmatched: int) -> list[str]:
     lines = [
-        "Published numbers (runner/paper_numbers.csv, with their sources) beside ours for "
+        "Published numbers (runner/report/paper_numbers.csv, with their sources) beside ours for "
         "the same dataset, method, batch size and depth, in the unit of the column "
         "*compared as*. Accuracy in percent, difference = ours - published (percentage "
         "points). Times: the paper's seconds per epoch are epochs over its whole training "

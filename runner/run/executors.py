@@ -1,7 +1,7 @@
 """Where cells run: one interface, a Ray backend and an in-process serial backend.
 
-Both run the very same cell function (`runner.cellrun.run_cell`); the sweep loop
-(runner/sweep.py) is written once against this interface. The serial executor is for tests,
+Both run the very same cell function (`runner.run.cellrun.run_cell`); the sweep loop
+(runner/run/sweep.py) is written once against this interface. The serial executor is for tests,
 debugging with pdb, and machines without Ray.
 """
 
@@ -14,10 +14,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from runner.checkpoint import CheckpointPolicy
 from runner.errors import ExecutorError
-from runner.spec import Resources
-from runner.threads import thread_env
+from runner.job.spec import Resources
+from runner.run.checkpoint import CheckpointPolicy
+from runner.run.threads import thread_env
 
 log = logging.getLogger("cpusweep")
 
@@ -51,8 +51,8 @@ class Executor(ABC):
 
 
 def _failure_result(payload: dict[str, Any], error_class: str, exc: BaseException) -> Result:
-    from runner.cells import Cell
-    from runner.failures import failure_record
+    from runner.job.cells import Cell
+    from runner.run.failures import failure_record
 
     return {
         "status": "failed",
@@ -88,7 +88,7 @@ class SerialExecutor(Executor):
         return handle
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[tuple[Any, Result]]:
-        from runner.cellrun import run_cell
+        from runner.run.cellrun import run_cell
 
         for handle in handles:
             payload = self._pending.pop(handle, None)
@@ -119,7 +119,7 @@ def _ray_entry(
     pin_cores: int = 0,
 ) -> Result:
     """The Ray task body: import lazily so the worker pays for torch once per process."""
-    from runner.cellrun import run_cell
+    from runner.run.cellrun import run_cell
 
     return run_cell(payload, data_root, download, checkpoints, pin_cores=pin_cores)
 
@@ -223,7 +223,7 @@ class RayExecutor(Executor):
         self._pin_cores = pin_cores
         runtime_env = {
             "env_vars": thread_env(resources.torch_threads),
-            "worker_process_setup_hook": "runner.threads.worker_setup_hook",
+            "worker_process_setup_hook": "runner.run.threads.worker_setup_hook",
         }
         try:
             if address:

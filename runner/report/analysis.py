@@ -2,8 +2,8 @@
 
 No torch, no Ray, no matplotlib here: `load_sweep` reads a results folder (finished cells,
 failures, the job file and what it expands to), `analyse` computes every table the report
-shows, and `build_report` writes the Parquet files, the figures (runner/figures.py) and the
-page (runner/report_page.py). The CLI prints the same tables with rich.
+shows, and `build_report` writes the Parquet files, the figures (runner/report/figures.py) and the
+page (runner/report/page.py). The CLI prints the same tables with rich.
 
 Written files (the schema is documented in the README, "Reports"):
   cells.parquet   one row per finished cell: every column of the result row except `history`
@@ -31,17 +31,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from runner import active_sets
-from runner.cells import Cell
 from runner.errors import CpusweepError, ResultsError
-from runner.learning import DIVERGED, flag_text, row_verdict
-from runner.schema import EPOCH_FIELDS
-from runner.store import ResultsStore, atomic_write_bytes
-from runner.tables import GridTable, Stat
+from runner.job.cells import Cell
+from runner.report import active_sets
+from runner.report.tables import GridTable, Stat
+from runner.results.learning import DIVERGED, flag_text, row_verdict
+from runner.results.schema import EPOCH_FIELDS
+from runner.results.store import ResultsStore, atomic_write_bytes
 
 if TYPE_CHECKING:
-    from runner.figures import FigureFile
-    from runner.published import PublishedNumber
+    from runner.report.figures import FigureFile
+    from runner.report.published import PublishedNumber
 
 PHASES = ("data", "forward", "backward", "step", "upkeep")
 
@@ -93,7 +93,7 @@ METRICS = (
     "seconds_per_epoch",
     *(f"{phase}_seconds_per_epoch" for phase in (*PHASES, "eval")),
     # The share of the work the method really did, mean over epochs and hidden layers
-    # (runner/active_sets.py): what an example uses, and what a step computes.
+    # (runner/report/active_sets.py): what an example uses, and what a step computes.
     "active_share",
     "computed_share",
 )
@@ -170,8 +170,8 @@ def _expected_cells(job_text: str | None, source: str) -> tuple[list[Cell] | Non
     """The job's cells, or why they cannot be known (the report goes on without them)."""
     if job_text is None:
         return None, "no job.toml in the results folder: cells still to run are unknown"
-    from runner.grid import expand
-    from runner.spec import parse_spec
+    from runner.job.grid import expand
+    from runner.job.spec import parse_spec
 
     try:
         return expand(parse_spec(job_text, source)).cells, None
@@ -320,7 +320,7 @@ def annotate(cells: pd.DataFrame) -> pd.DataFrame:
 def work_share_columns(
     cells: pd.DataFrame, epochs: pd.DataFrame
 ) -> tuple[list[float], list[float]]:
-    """Each cell's active and computed shares (runner/active_sets.py), from its epochs'
+    """Each cell's active and computed shares (runner/report/active_sets.py), from its epochs'
     instrumentation averaged over the epochs."""
     stat_columns = [c for c in epochs.columns if c.startswith("stat.")]
     means = (
@@ -398,7 +398,7 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
             values = group[metric].astype(float)
             row[metric] = float(values.mean())
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        # Seeds that did not learn (runner/learning.py): the worst flag, and how many.
+        # Seeds that did not learn (runner/results/learning.py): the worst flag, and how many.
         flags = [
             f
             for f in group.get("learning_flag", pd.Series(dtype=object))
@@ -890,7 +890,8 @@ class Analysis:
     depth: list[GridTable] = field(default_factory=list)
     probe_tables: list[GridTable] = field(default_factory=list)
     provenance: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
-    # ALSH-APPROX's active sets (runner/active_sets.py): tables, and per layer for the figure.
+    # ALSH-APPROX's active sets (runner/report/active_sets.py): tables, and per layer for the
+    # figure.
     active_set_tables: list[GridTable] = field(default_factory=list)
     active_sets: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -970,8 +971,9 @@ def build_report(
     compare_paper: bool = False,
 ) -> Report:
     """Read a results folder and write the Parquet files, the figures and the page."""
-    from runner import figures, report_page
-    from runner.published import compare, load_published
+    from runner.report import figures
+    from runner.report import page as report_page
+    from runner.report.published import compare, load_published
 
     data = load_sweep(results_dir)
     out = Path(out_dir) if out_dir else data.root / "report"

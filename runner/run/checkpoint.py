@@ -13,7 +13,7 @@ or cannot be read, is reported and ignored, and the cell starts from scratch. Fi
 atomically (temporary name, fsync, rename), so a crash mid-write leaves the previous checkpoint.
 
 The driver deletes a cell's checkpoint once the cell's result is stored (or the cell failed with
-an application error, see runner/sweep.py). On a cluster, the results folder must be on storage
+an application error, see runner/run/sweep.py). On a cluster, the results folder must be on storage
 that every node mounts at the same path; a worker that does not see the driver's token fails the
 cell with a message saying so, rather than training for hours without any checkpoint.
 """
@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import ResultsError
-from runner.store import TEMP_SUFFIX, atomic_write
+from runner.results.store import TEMP_SUFFIX, atomic_write
 
 if TYPE_CHECKING:
-    from runner.cells import Cell
-    from runner.trainer import LoopState
+    from runner.job.cells import Cell
+    from runner.run.trainer import LoopState
 
 log = logging.getLogger("cpusweep")
 
@@ -187,7 +187,7 @@ class CellCheckpoints:
                 f"ignored the checkpoint {self.path}: {problem}; the cell starts from scratch"
             )
             return None
-        from runner.trainer import LoopState
+        from runner.run.trainer import LoopState
 
         state = LoopState(**{name: saved[name] for name in _STATE_FIELDS})
         self.resumes = int(saved["resumes"]) + 1

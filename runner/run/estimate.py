@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.cells import Cell
 from runner.datasets.registry import DATASETS
 from runner.errors import CpusweepError
+from runner.job.cells import Cell
 
 # Per-example cost of a batched step relative to batch 1, for ordering only (the benchmark
 # measures about 0.1 at batch 20 on one thread).

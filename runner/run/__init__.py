@@ -1,0 +1,6 @@
+"""Running cells: the function a Ray task (or the serial executor) calls for one cell (cellrun)
+and the training loop every method shares (trainer), mid-cell checkpoints, the executors, the
+driver loop that fans cells out and stores what comes back (sweep), thread and core limits,
+the allocator, failure classes and time estimates. May import `runner.job`, `runner.results`,
+`runner.datasets`, `runner.errors` and `methods`.
+"""
