@@ -26,7 +26,7 @@ from rich.table import Table
 from runner.errors import CpusweepError
 from runner.job.grid import expand
 from runner.job.spec import JobSpec, load_spec, parse_spec
-from runner.report.analysis import group_name, summary_flag
+from runner.report.configs import group_name, summary_flag
 from runner.report.tables import GridTable, format_stat
 from runner.results.store import TEMP_SUFFIX, Ledger, ResultsStore
 from runner.run.estimate import Estimator, load_bench, longest_first, makespan
@@ -342,8 +342,8 @@ def _size_or_zero(path: Path) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from runner.results.failures import FAILURE_HINTS, class_counts
     from runner.run.checkpoint import checkpoints_dir
-    from runner.run.failures import FAILURE_HINTS, class_counts
 
     store = ResultsStore(args.results_dir)
     store.check_readable_folder()
@@ -426,7 +426,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _print_not_learned(store: ResultsStore, labels: dict[str, str]) -> None:
     """Finished cells that did not learn (chance accuracy or a diverged loss), as a table;
     `labels`: the job's cell labels by key (others are described from their row)."""
-    from runner.report.analysis import paper_label
+    from runner.report.configs import paper_label
     from runner.results.learning import describe, flag_text, row_verdict
 
     table, _ = store.read_results()
@@ -555,7 +555,8 @@ def _comparison_table(comparison: pd.DataFrame) -> Table:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from runner.report.analysis import build_report, not_learned_cells
+    from runner.report.build import build_report
+    from runner.report.configs import not_learned_cells
 
     report = build_report(args.results_dir, args.out, compare_paper=args.compare_paper)
     data, analysis = report.data, report.analysis
@@ -599,7 +600,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         more = f" ... and {len(data.missing) - 10} more" if len(data.missing) > 10 else ""
         console.print(f"[yellow]{len(data.missing)} missing cell(s)[/]: {shown}{more}")
     if data.failed:
-        from runner.run.failures import class_counts
+        from runner.results.failures import class_counts
 
         counts = class_counts([f.error_class for f in data.failed])
         console.print("failures by class: " + escape(", ".join(f"{k} {n}" for k, n in counts)))
@@ -623,7 +624,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from runner.export.trackers import export_mlflow, export_tensorboard
+    from runner.export.mlflow_runs import export_mlflow
+    from runner.export.tensorboard_runs import export_tensorboard
 
     if args.to == "mlflow":
         if args.out:

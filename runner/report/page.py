@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from runner.report.analysis import group_name, not_learned_cells, summary_flag
+from runner.report.configs import group_name, not_learned_cells, summary_flag
 from runner.report.tables import GridTable, Stat, format_stat
+from runner.results.failures import FAILURE_HINTS, class_counts
 from runner.results.learning import ALPHA, CHANCE, DIVERGED, describe, flag_text
 from runner.results.store import atomic_write_bytes
-from runner.run.failures import FAILURE_HINTS, class_counts
 
 if TYPE_CHECKING:
-    from runner.report.analysis import Report
+    from runner.report.build import Report
     from runner.report.figures import FigureFile
 
 _MAX_LISTED = 500  # missing / failed cells listed on the page; the rest are counted

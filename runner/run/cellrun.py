@@ -24,9 +24,9 @@ from typing import Any
 
 from runner.errors import DatasetError
 from runner.job.cells import TRAINER_VERSION, Cell, canonical_json
+from runner.results.failures import failure_record, is_out_of_memory
 from runner.results.learning import verdict
 from runner.run.checkpoint import CellCheckpoints, CheckpointPolicy, StorageNotShared
-from runner.run.failures import failure_record, is_out_of_memory
 from runner.run.pinning import pinned_cores
 
 
@@ -123,7 +123,7 @@ def run_cell(
         result = _failure(cell, "data", exc, started)
     except StorageNotShared as exc:
         result = _failure(cell, "storage", exc, started)
-    except Exception as exc:  # failure classes: runner/run/failures.py
+    except Exception as exc:  # failure classes: runner/results/failures.py
         result = _failure(
             cell, "out_of_memory" if is_out_of_memory(exc) else "application", exc, started
         )

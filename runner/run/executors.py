@@ -52,7 +52,7 @@ class Executor(ABC):
 
 def _failure_result(payload: dict[str, Any], error_class: str, exc: BaseException) -> Result:
     from runner.job.cells import Cell
-    from runner.run.failures import failure_record
+    from runner.results.failures import failure_record
 
     return {
         "status": "failed",
