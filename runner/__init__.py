@@ -22,7 +22,7 @@ _EXPORTS = {
     "load_spec": "runner.job.spec",
     "parse_spec": "runner.job.spec",
     "ResultsStore": "runner.results.store",
-    "build_report": "runner.report.analysis",
+    "build_report": "runner.report.build",
 }
 
 __all__ = sorted(_EXPORTS)

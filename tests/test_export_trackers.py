@@ -3,7 +3,7 @@ each tool's own reader (mlflow.search_runs and MlflowClient; TensorBoard's Event
 
 A real small sweep on the bundled digits (serial executor): three methods at depth 1 first,
 then depth 2 joins with one cell failing (injected), then that cell is retried. Expected values
-come from the result files themselves (pyarrow), not from runner/export/trackers.py.
+come from the result files themselves (pyarrow), not from runner/export/.
 
 Marker `export`: needs the extras (`pip install -e '.[mlflow,tensorboard]'`); .ci/run runs
 these with `python -m pytest -m export`. Offline: every test runs with the network guard, and
@@ -368,7 +368,7 @@ def test_fabricated_rows_export_with_their_own_parameters_and_a_diverged_loss(
         row["diverged"] = standard
         row["learning_flag"] = "diverged" if standard else ""
         ResultsStore(made.root).write_result(row)
-    from runner.export.trackers import export_mlflow
+    from runner.export.mlflow_runs import export_mlflow
 
     summary = export_mlflow(made.root, attach_report=False)
     assert summary.created == 2

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from runner.datasets.registry import DATASETS
-from runner.report.analysis import paper_label
+from runner.report.configs import paper_label
 from runner.report.page import comparison_markdown
 from runner.report.published import (
     PAPER_METHOD_PARAMS,

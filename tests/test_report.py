@@ -23,8 +23,11 @@ from runner.datasets.registry import DATASETS
 from runner.job.cells import TRAINER_VERSION, Cell
 from runner.job.grid import expand
 from runner.job.spec import parse_spec
-from runner.report.analysis import build_report, fit_theorem2, paper_label, prediction_shares
+from runner.report.analysis import prediction_shares
+from runner.report.build import build_report
+from runner.report.configs import paper_label
 from runner.report.published import PublishedDataError, load_published
+from runner.report.theorem2 import fit_theorem2
 from runner.results.schema import MEASURED_COLUMNS
 from runner.results.store import ResultsStore
 
@@ -565,7 +568,7 @@ def test_a_malformed_published_file_names_the_file_and_row(tmp_path: Path) -> No
 
 
 def test_labels_tell_apart_only_configurations_drawn_in_the_same_place() -> None:
-    from runner.report.analysis import annotate
+    from runner.report.configs import annotate
 
     job = """
     name = "labels"

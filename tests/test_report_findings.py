@@ -19,7 +19,7 @@ from runner.cli.progress import RichProgress
 from runner.job.cells import Cell
 from runner.job.grid import expand
 from runner.job.spec import parse_spec
-from runner.report.analysis import build_report
+from runner.report.build import build_report
 from runner.results.learning import CHANCE, DIVERGED
 from runner.results.store import ResultsStore
 from tests.test_report import fabricate_row

@@ -23,13 +23,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from runner.report.analysis import (
-    Analysis,
-    Theorem2Fit,
-    group_name,
-    prediction_shares,
-    slug,
-)
+from runner.report.analysis import Analysis, prediction_shares
+from runner.report.configs import group_name, slug
+from runner.report.theorem2 import Theorem2Fit
 from runner.results.store import atomic_write_bytes
 
 DPI = 100
