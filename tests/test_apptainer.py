@@ -1,5 +1,5 @@
 """docker/cpusweep.def, the Apptainer image for SLURM clusters, agrees with docker/Dockerfile,
-with pyproject.toml, with what `runner slurm --container` runs in it, and with the README.
+with pyproject.toml, with what `runner slurm --container` runs in it, and with docs/clusters.md.
 Apptainer cannot be installed on these machines, so this reads the file as Apptainer's parser
 does (a header, then sections that start at lines whose first word begins with %) and checks
 each section's shell syntax with /bin/sh, which runs them."""
@@ -172,6 +172,6 @@ def test_the_sbatch_script_runs_python_from_this_image(tmp_path: Path) -> None:
         "--container cpusweep.sif",
     ],
 )
-def test_readme_tells_how_to_build_and_use_the_image(text: str) -> None:
-    assert text in (REPO / "README.md").read_text()
+def test_cluster_docs_tell_how_to_build_and_use_the_image(text: str) -> None:
+    assert text in (REPO / "docs" / "clusters.md").read_text()
     assert text in DEF_FILE.read_text()

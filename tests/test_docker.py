@@ -1,5 +1,5 @@
 """docker/: the image and the compose file agree with each other, with pyproject.toml and
-with the README. These machines cannot run Docker, so this reads the files as Docker and
+with docs/clusters.md. These machines cannot run Docker, so this reads the files as Docker and
 compose would (instructions, `${VAR:-default}` interpolation, the shell of the entry point)."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tests.conftest import REPO
 
 DOCKER = REPO / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
+CLUSTER_DOCS = REPO / "docs" / "clusters.md"  # the Docker compose and existing-Ray sections
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
@@ -103,8 +104,8 @@ def test_image_runs_the_python_that_pyproject_allows() -> None:
     image_python = (int(match.group(1)), int(match.group(2)))
     lowest = re.fullmatch(r">=(\d+)\.(\d+)", pyproject()["project"]["requires-python"])
     assert lowest and image_python >= (int(lowest.group(1)), int(lowest.group(2)))
-    # The README tells users which Python their driver must run to join this cluster.
-    assert f"Python {image_python[0]}.{image_python[1]}" in (REPO / "README.md").read_text()
+    # The cluster docs tell users which Python their driver must run to join this cluster.
+    assert f"Python {image_python[0]}.{image_python[1]}" in CLUSTER_DOCS.read_text()
 
 
 def test_image_installs_the_ray_that_pyproject_pins() -> None:
@@ -115,7 +116,7 @@ def test_image_installs_the_ray_that_pyproject_pins() -> None:
     assert any('pip install ".[cluster]"' in run for run in runs)
     for run in runs:  # no second, diverging Ray anywhere in the image
         assert not re.search(r"\bray(\[\w+\])?[=<>~]", run), run
-    assert f"Ray {version}" in (REPO / "README.md").read_text()
+    assert f"Ray {version}" in CLUSTER_DOCS.read_text()
 
 
 def test_image_takes_torch_from_the_cpu_wheel_index_before_the_project() -> None:
@@ -299,8 +300,8 @@ def test_head_is_checked_healthy_before_workers_start() -> None:
     assert services["worker"]["depends_on"]["head"]["condition"] == "service_healthy"
 
 
-def test_readme_commands_name_real_files_and_services() -> None:
-    readme = (REPO / "README.md").read_text().replace("\\\n", " ")
+def test_cluster_docs_commands_name_real_files_and_services() -> None:
+    readme = CLUSTER_DOCS.read_text().replace("\\\n", " ")
     commands = re.findall(r"docker compose -f (\S+) (\w+)((?: [^`\n]*)?)", readme)
     assert len(commands) >= 5
     services = set(compose()["services"])
