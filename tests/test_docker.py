@@ -25,7 +25,7 @@ CLUSTER_DOCS = REPO / "docs" / "clusters.md"  # the Docker compose and existing-
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
-def dockerfile() -> list[tuple[str, str]]:
+def dockerfile_source() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
     instructions: list[tuple[str, str]] = []
     pending = ""
@@ -39,6 +39,28 @@ def dockerfile() -> list[tuple[str, str]]:
         word, _, rest = pending.strip().partition(" ")
         instructions.append((word.upper(), rest.strip()))
         pending = ""
+    return instructions
+
+
+def _substitute(text: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], text)
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """The instructions as a build with no --build-arg reads them: FROM's image resolved from
+    the defaults of the ARGs declared before it (only FROM can use those); the rest as written
+    (a RUN's ${...} are its shell's)."""
+    before_from: dict[str, str] = {}
+    instructions = []
+    seen_from = False
+    for word, rest in dockerfile_source():
+        if word == "ARG" and not seen_from and "=" in rest:
+            name, _, value = rest.partition("=")
+            before_from[name] = _substitute(value, before_from)
+        elif word == "FROM":
+            seen_from = True
+            rest = _substitute(rest, before_from)
+        instructions.append((word, rest))
     return instructions
 
 
@@ -106,6 +128,63 @@ def test_image_runs_the_python_that_pyproject_allows() -> None:
     assert lowest and image_python >= (int(lowest.group(1)), int(lowest.group(2)))
     # The cluster docs tell users which Python their driver must run to join this cluster.
     assert f"Python {image_python[0]}.{image_python[1]}" in CLUSTER_DOCS.read_text()
+
+
+def test_base_image_is_a_build_argument_defaulting_to_the_official_python() -> None:
+    source = dockerfile_source()
+    [start] = [i for i, (word, _) in enumerate(source) if word == "FROM"]
+    assert source[start] == ("FROM", "${BASE_IMAGE}")
+    assert ("ARG", "BASE_IMAGE=python:${PYTHON_VERSION}-slim") in source[:start]
+    # What docker/make-debian-base.sh makes instead must be the same Python.
+    script = DOCKER / "make-debian-base.sh"
+    assert os.stat(script).st_mode & stat.S_IXUSR
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0  # it parses
+    version = tuple(int(x) for x in dockerfile_args()["PYTHON_VERSION"].split("."))
+    assert f"sys.version_info[:2] == {version}" in script.read_text()
+
+
+PIP_SOURCES = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_CONSTRAINT",
+    "PIP_CERT",
+)
+
+
+def test_wheel_sources_are_build_arguments_pip_sees_only_when_given() -> None:
+    source = dockerfile_source()
+    start = [word for word, _ in source].index("FROM")
+    first_run = [word for word, _ in source].index("RUN")
+    declared = [rest for word, rest in source[start:first_run] if word == "ARG"]
+    for name in PIP_SOURCES:
+        # No default: unset unless --build-arg gives it (an empty PIP_INDEX_URL breaks pip).
+        assert name in declared, name
+    image_env = " ".join(rest for word, rest in source if word == "ENV")
+    assert not any(name in image_env for name in PIP_SOURCES)  # the build's, not the image's
+
+
+def test_a_cuda_torch_is_refused_unless_allowed(tmp_path: Path) -> None:
+    [run] = [rest for word, rest in dockerfile() if word == "RUN" and ".[cluster]" in rest]
+    # The checks run from /, against the installed project rather than the copied sources.
+    assert re.search(r'pip install "\.\[cluster\]" && cd / && python -m runner --help', run)
+    match = re.search(r'python -c "([^"]*)"', run)
+    assert match and "${ALLOW_CUDA_TORCH}" in match.group(1)
+    assert dockerfile_args()["ALLOW_CUDA_TORCH"] == "0"
+    for module in ("torch", "ray"):  # stand-ins: the check reads torch.version.cuda only
+        (tmp_path / module).mkdir()
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}:{REPO}")
+
+    def check(allow: str, cuda: str | None) -> int:
+        (tmp_path / "torch" / "__init__.py").write_text(
+            f"__version__ = '2.14.1'\nclass version:\n    cuda = {cuda!r}\n"
+        )
+        code = match.group(1).replace("${ALLOW_CUDA_TORCH}", allow)
+        return subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path).returncode
+
+    assert check("0", None) == 0
+    assert check("0", "13.0") != 0
+    assert check("1", "13.0") == 0
 
 
 def test_image_installs_the_ray_that_pyproject_pins() -> None:
@@ -291,7 +370,11 @@ def test_nothing_is_published_beyond_loopback_by_default(service: str) -> None:
         host_ip = interpolate(str(port)).rsplit(":", 2)[0]
         assert host_ip == "127.0.0.1", port
         assert "CPUSWEEP_BIND" in str(port)  # the documented opt-in
-    assert any(p.endswith(f":{flag(command('head'), '--dashboard-port')}") for p in ports)
+    dashboard = flag(command("head"), "--dashboard-port")
+    assert any(p.endswith(f":{dashboard}") for p in ports)
+    # The host's side is the same port unless CPUSWEEP_DASHBOARD_PORT names another.
+    assert f"127.0.0.1:{dashboard}:{dashboard}" in [interpolate(str(p)) for p in ports]
+    assert any("${CPUSWEEP_DASHBOARD_PORT:-" in str(p) for p in ports)
 
 
 def test_head_is_checked_healthy_before_workers_start() -> None:
