@@ -1,5 +1,9 @@
 """cpusweep's runner: job files to cells, cells to Ray tasks, results to Parquet.
 
+    import runner
+    result = runner.submit(runner.load_job("jobs/quickstart.toml"))
+    cells, epochs = runner.load(result.results)
+
 The public surface, re-exported here (lazily, PEP 562: `methods.registry` imports
 `runner.job.params`, and importing this package must not pull in the rest of the runner).
 """
@@ -23,6 +27,23 @@ _EXPORTS = {
     "parse_spec": "runner.job.spec",
     "ResultsStore": "runner.results.store",
     "build_report": "runner.report.build",
+    # The Python API (runner/api): what the command line's verbs call.
+    **{
+        name: "runner.api"
+        for name in (
+            "load_job",
+            "plan",
+            "submit",
+            "status",
+            "load",
+            "overview",
+            "report",
+            "export",
+            "Plan",
+            "SweepResult",
+            "FolderStatus",
+        )
+    },
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,9 +25,11 @@ log = logging.getLogger("cpusweep")
 
 
 class SweepListener:
-    """Hooks for progress display; the CLI draws them with rich. All no-ops here."""
+    """Hooks for progress (runner.api.events turns them into events). All no-ops here."""
 
     def started(self, plan: SweepPlan, executor: Executor) -> None: ...
+
+    def cell_started(self, cell: Cell) -> None: ...  # handed to the executor
 
     def cell_finished(self, cell: Cell, row: dict[str, Any]) -> None: ...
 
@@ -130,6 +132,7 @@ def run_sweep(
                 while queue and len(in_flight) < limit:
                     cell = queue.pop()
                     in_flight[executor.submit(cell.to_payload())] = cell
+                    listener.cell_started(cell)
                 for handle, result in executor.wait(list(in_flight), timeout=0.5):
                     cell = in_flight.pop(handle)
                     for warning in result.get("warnings", ()):
