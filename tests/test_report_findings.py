@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from runner.api.events import CellFinished, SweepStarted
 from runner.cli.main import main
 from runner.cli.progress import RichProgress
 from runner.job.cells import Cell
 from runner.job.grid import expand
 from runner.job.spec import parse_spec
 from runner.report.build import build_report
-from runner.results.learning import CHANCE, DIVERGED
+from runner.results.learning import CHANCE, DIVERGED, row_verdict
 from runner.results.store import ResultsStore
 from tests.test_report import fabricate_row
 
@@ -169,12 +170,13 @@ def test_live_output_never_prints_a_flagged_cell_like_a_normal_one() -> None:
         "confusion_matrix": chance_confusion(),
         "diverged": False,
     }
-    with progress:
-        progress.task = progress.progress.add_task("cells", total=2, status="")
-        progress.cell_finished(cell, row)
-        progress.cell_finished(
-            cell, {**row, "confusion_matrix": learned_confusion(25, 5), "test_accuracy": 0.83}
-        )
+    learned = {**row, "confusion_matrix": learned_confusion(25, 5), "test_accuracy": 0.83}
+    try:  # the events runner.submit reports, as the command line renders them
+        progress(SweepStarted("test executor", slots=1, cells=2))
+        progress(CellFinished(cell, row, row_verdict(row)))
+        progress(CellFinished(cell, learned, row_verdict(learned)))
+    finally:
+        progress.close()
     text = console.export_text()
     flagged, normal = [line for line in text.splitlines() if cell.key in line][:2]
     assert "⚠" in flagged and "DID NOT LEARN" in flagged and "✓" not in flagged

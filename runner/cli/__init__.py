@@ -1,4 +1,7 @@
-"""The command line: `python -m runner VERB ...` parses arguments, calls the library and renders
-what comes back with rich (main), including the live progress of a sweep (progress). The only
-package that prints; it may import every other.
+"""The command line: `python -m runner VERB ...` parses arguments (main), calls the Python API
+(runner.api) or a library module once per verb and renders what comes back with rich:
+sweep_verbs (submit, slurm, plan), folder_verbs (status, report, export), data_verbs,
+bench_verbs, the tables they print (tables), the live progress of a sweep from its events
+(progress) and the consoles (output). The only package that prints; it may import every
+other.
 """

@@ -1,4 +1,5 @@
-"""Live progress of a sweep in the terminal (rich): done / running / failed / ETA."""
+"""Live progress of a sweep in the terminal (rich): done / running / failed / ETA, drawn from
+the events `runner.submit` reports (runner/api/events.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,17 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from runner.job.cells import Cell
-from runner.results.learning import describe, row_verdict
-from runner.run.executors import Executor
-from runner.run.sweep import SweepListener, SweepPlan
+from runner.api.events import (
+    CellFailed,
+    CellFinished,
+    Event,
+    SweepPlanned,
+    SweepStarted,
+    SweepWarning,
+    Tick,
+)
+from runner.cli.output import print_warning
+from runner.results.learning import describe
 
 
 def _duration(seconds: float) -> str:
@@ -29,8 +37,9 @@ def _duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class RichProgress(SweepListener):
-    """Draws a live bar and prints one line per finished or failed cell."""
+class RichProgress:
+    """Renders a sweep's events: warnings, the plan's counts, then a live bar and one line per
+    finished or failed cell. Call it with each event; `close()` stops the bar."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -51,17 +60,31 @@ class RichProgress(SweepListener):
         self.started_at = time.perf_counter()
         self.cell_seconds: list[float] = []
 
-    def __enter__(self) -> RichProgress:
-        self.progress.start()
-        return self
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, SweepWarning):
+            print_warning(event.message)
+        elif isinstance(event, SweepPlanned):
+            self.console.print(
+                f"[bold]{escape(event.job)}[/]: {len(event.plan.cells)} cells: "
+                f"{len(event.plan.done)} done, {len(event.plan.failed)} failed, "
+                f"{len(event.plan.todo)} to run → {escape(str(event.results))}"
+            )
+        elif isinstance(event, SweepStarted):
+            self.console.print(f"Running on {escape(event.executor)}")
+            self.slots = event.slots
+            self.started_at = time.perf_counter()
+            self.progress.start()
+            self.task = self.progress.add_task("cells", total=event.cells, status="starting")
+        elif isinstance(event, CellFinished):
+            self.cell_finished(event)
+        elif isinstance(event, CellFailed):
+            self.cell_failed(event)
+        elif isinstance(event, Tick):
+            self.running, self.queued = event.running, event.queued
+            self._refresh()
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.progress.stop()
-
-    def started(self, plan: SweepPlan, executor: Executor) -> None:
-        self.slots = executor.slots
-        self.started_at = time.perf_counter()
-        self.task = self.progress.add_task("cells", total=len(plan.todo), status="starting")
 
     def _eta(self) -> str:
         remaining = self.running + self.queued
@@ -80,11 +103,11 @@ class RichProgress(SweepListener):
         )
         self.progress.update(self.task, completed=self.done + self.failed, status=status)
 
-    def cell_finished(self, cell: Cell, row: dict[str, Any]) -> None:
+    def cell_finished(self, event: CellFinished) -> None:
+        cell, row, verdict = event.cell, event.row, event.verdict
         self.done += 1
         self.cell_seconds.append(float(row.get("wall_seconds", 0.0)))
         label = escape(f"{cell.label():40s}")
-        verdict = row_verdict(row)
         if verdict.learned:
             mark, result = "[green]✓[/]", f"test {row['test_accuracy']:.4f}"
         else:  # never printed like a normal result
@@ -102,7 +125,8 @@ class RichProgress(SweepListener):
         )
         self._refresh()
 
-    def cell_failed(self, cell: Cell, failure: dict[str, Any]) -> None:
+    def cell_failed(self, event: CellFailed) -> None:
+        cell, failure = event.cell, event.failure
         self.failed += 1
         message = str(failure.get("message", "")).strip().splitlines()
         first = message[0][:120] if message else ""
@@ -111,8 +135,4 @@ class RichProgress(SweepListener):
             f"[red]✗[/] {escape(f'{cell.label():40s}')} {escape(what)}  [dim]{cell.key}[/]",
             highlight=False,
         )
-        self._refresh()
-
-    def tick(self, running: int, queued: int) -> None:
-        self.running, self.queued = running, queued
         self._refresh()

@@ -1,0 +1,159 @@
+"""The `bench` verb: each method timed against a plain PyTorch loop, or (--sweep, --pinning)
+the runner's own throughput on a local Ray."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from runner.cli.output import console
+from runner.errors import CpusweepError
+
+
+def cmd_bench_sweep(args: argparse.Namespace) -> int:
+    """The runner's own throughput (and, with --pinning, timing spread with and without)."""
+    import json
+    import tempfile
+
+    from runner.bench import calibrate_epochs, sweep_bench
+
+    with console.status("calibrating the benchmark cell"):
+        epochs = calibrate_epochs(args.cell_seconds)
+    runs = []
+    for pin in (False, True) if args.pinning else (False,):
+        with (
+            tempfile.TemporaryDirectory() as folder,
+            console.status(f"sweep of {args.cells} cells ({epochs} epochs each), pinning {pin}"),
+        ):
+            runs.append(sweep_bench(args.cells, epochs, args.cpus, pin, folder))
+    table = Table(title="Sweep throughput on a local Ray (cells timed from inside)")
+    for column in (
+        "pinned",
+        "cells",
+        "slots",
+        "cell s",
+        "span s",
+        "utilization",
+        "overhead/cell s",
+        "of a 1-min cell",
+        "s/epoch CV",
+    ):
+        table.add_column(column, justify="right")
+    for r in runs:
+        table.add_row(
+            str(r.pinned),
+            str(r.cells),
+            str(r.slots),
+            f"{r.cell_seconds:.2f}",
+            f"{r.span_seconds:.1f}",
+            f"{r.utilization:.3f}",
+            f"{r.overhead_per_cell:.3f}",
+            f"{100 * r.overhead_per_cell / 60:.2f}%",
+            f"{100 * r.spread:.2f}%",
+        )
+    console.print(table)
+    console.print("targets: utilization >= 0.9; overhead per cell < 1% of a one-minute cell")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([r.as_json() for r in runs], indent=2) + "\n", encoding="utf-8"
+        )
+        console.print(f"Wrote {args.json}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    if args.sweep or args.pinning:
+        return cmd_bench_sweep(args)
+
+    from methods.registry import METHODS
+    from runner.bench import BenchConfig, machine, run_bench
+
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise CpusweepError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+    config = BenchConfig(
+        methods=tuple(args.methods),
+        depths=tuple(args.depths),
+        batch_sizes=tuple(args.batch_sizes),
+        width=args.width,
+        repeats=args.repeats,
+        examples_batch1=args.examples_batch1,
+        examples_batched=args.examples_batched,
+    )
+    host = machine()
+    console.print(
+        f"Benchmark on {host['cpu_model']}, torch {host['torch_version']}, "
+        f"{host['torch_threads']} torch thread(s); {config.repeats} repeats, "
+        f"{config.examples_batch1} examples at batch 1, {config.examples_batched} "
+        "otherwise"
+    )
+    with console.status("benchmarking") as status:
+        records = run_bench(config, progress=lambda message: status.update(message))
+    table = Table(title="Seconds per MNIST-sized epoch (extrapolated) and median ratios")
+    for column in (
+        "method",
+        "batch",
+        "depth",
+        "opt",
+        "s/epoch",
+        "x plain",
+        "x standard",
+        "IQR",
+        "x std same opt",
+        "data",
+        "fwd",
+        "bwd",
+        "step",
+        "upkeep",
+        "active",
+        "computed",
+        "target",
+    ):
+        table.add_column(column, justify="left" if column in ("method", "opt") else "right")
+    for r in records:
+        share = r.phase_share
+        verdict = (
+            ""
+            if r.target_met is None
+            else ("[green]✓ " if r.target_met else "[red]✗ ") + r.target + "[/]"
+        )
+        table.add_row(
+            r.method,
+            str(r.batch_size),
+            str(r.depth),
+            r.optimizer,
+            f"{r.seconds_per_epoch:.1f}",
+            f"{r.ratio_vs_plain:.2f}",
+            f"{r.ratio_vs_standard:.2f}",
+            f"{r.ratio_vs_standard_iqr[0]:.2f}-{r.ratio_vs_standard_iqr[1]:.2f}",
+            f"{r.ratio_vs_standard_same_optimizer:.2f}",
+            *(f"{100 * share[p]:.1f}%" for p in ("data", "forward", "backward", "step", "upkeep")),
+            f"{100 * r.extra['active_share']:.1f}%",
+            f"{100 * r.extra['computed_share']:.1f}%",
+            verdict,
+        )
+    console.print(table)
+    console.print(
+        "active: share of each hidden layer's units an example uses (pairs kept for "
+        "MC-APPROX's sampled products); computed: units a step computes (the batch's union for "
+        "ALSH-APPROX and dropout); medians over repeats, means over hidden layers"
+    )
+    if args.json:
+        payload = {
+            "machine": host,
+            "config": {
+                "width": config.width,
+                "examples_batch1": config.examples_batch1,
+                "examples_batched": config.examples_batched,
+                "repeats": config.repeats,
+            },
+            "records": [r.as_json() for r in records],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        console.print(f"Wrote {escape(str(args.json))}")
+    return 0
