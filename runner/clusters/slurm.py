@@ -388,7 +388,7 @@ def write_script(job: SlurmJob) -> Path:
         if not job.container.is_file():
             raise SlurmError(
                 f"--container {job.container}: no such image file; build it with "
-                "`apptainer build cpusweep.sif docker/cpusweep.def` (see the README's SLURM "
+                "`apptainer build cpusweep.sif docker/cpusweep.def` (see docs/clusters.md, SLURM "
                 "section) or give its path"
             )
         if job.data_root is not None and not job.data_root.is_dir():

@@ -1,6 +1,6 @@
 """Job files: TOML in, a validated `JobSpec` out, with every problem reported at once.
 
-The format, in one place (the README shows a full example):
+The format, in one place (docs/job-files.md shows a full example):
 
     name = "quickstart"                 # required; names the results folder
     description = "..."                 # optional

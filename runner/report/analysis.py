@@ -7,7 +7,7 @@ probe of runner/report/theorem2.py, and `build_report` (runner/report/build.py) 
 Parquet files, the figures (runner/report/figures.py) and the page (runner/report/page.py).
 The CLI prints the same tables with rich.
 
-Written files (the schema is documented in the README, "Reports"):
+Written files (the schema is documented in docs/results.md):
   cells.parquet   one row per finished cell: every column of the result row except `history`
                   (so with `confusion_matrix`), plus `label`
   epochs.parquet  one row per cell and epoch: `cell_key`, the history's fields, and one

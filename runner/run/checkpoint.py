@@ -151,7 +151,7 @@ class CellCheckpoints:
                 f"node {self.node} does not see the results folder the driver writes to "
                 f"({token_path} {what} here). Mid-cell checkpoints need the results folder "
                 "on storage that every node mounts at the same path (the compose file's "
-                "/shared volume does this; see the README, Clusters). Fix the mount, or set "
+                "/shared volume does this; see docs/clusters.md). Fix the mount, or set "
                 "[resources] checkpoint_every = 0 to run without checkpoints; then re-run with "
                 "--retry-failed."
             )

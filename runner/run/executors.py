@@ -166,7 +166,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ExecutorError(
             f"nothing answers at {address} ({exc.strerror or exc}): is the Ray head running "
             "there (`ray status` on it), and its port (6379 by default; 10001 for ray://) "
-            "reachable from here? For the Docker cluster, see the README's Clusters section."
+            "reachable from here? For the Docker cluster, see docs/clusters.md."
         ) from None
 
 
