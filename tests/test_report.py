@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from methods.registry import METHODS
@@ -28,7 +29,7 @@ from runner.report.build import build_report
 from runner.report.configs import paper_label
 from runner.report.published import PublishedDataError, load_published
 from runner.report.theorem2 import fit_theorem2
-from runner.results.schema import MEASURED_COLUMNS
+from runner.results.schema import MEASURED_FIELDS
 from runner.results.store import ResultsStore
 
 PHASES = ("data", "forward", "backward", "step", "upkeep")
@@ -94,7 +95,11 @@ def fabricate_row(cell: Cell, rng: np.random.Generator) -> dict[str, Any]:
             }
         )
     confusion = rng.integers(0, 30, size=(10, 10)).tolist()
-    row: dict[str, Any] = {name: 0 for name in MEASURED_COLUMNS}
+    # Each column a value of its type (strings null): the writer refuses a 0 for a string.
+    row: dict[str, Any] = {
+        name: False if pa.types.is_boolean(t) else None if pa.types.is_string(t) else 0
+        for name, t in MEASURED_FIELDS
+    }
     row.update(v)
     full = DATASETS[cell.dataset].train
     limit = v.get("train_limit")

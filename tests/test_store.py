@@ -7,16 +7,21 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from runner.errors import ResultsError
-from runner.results.schema import EPOCH_FIELDS, MEASURED_COLUMNS
+from runner.results.schema import EPOCH_FIELDS, MEASURED_FIELDS
 from runner.results.store import ResultsStore
 
 
 def fake_row(key: str, **extra: object) -> dict[str, object]:
-    row: dict[str, object] = {name: 0 for name in MEASURED_COLUMNS}
+    # Each column a value of its type (strings null): the writer refuses a 0 for a string.
+    row: dict[str, object] = {
+        name: False if pa.types.is_boolean(t) else None if pa.types.is_string(t) else 0
+        for name, t in MEASURED_FIELDS
+    }
     epoch = {name: 0.0 for name, _ in EPOCH_FIELDS}
     epoch.update(epoch=1, stats=[{"name": "probe_rel_error.layer1", "value": 0.25}])
     row.update(

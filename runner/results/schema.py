@@ -1,14 +1,41 @@
-"""The result schema: what one finished cell's row holds. Pure (pyarrow types only).
+"""The result schema: what every cell's result file holds. Pure (pyarrow and the parameter
+declarations only; no torch, no pandas).
 
-A row has one column per parameter, by its job-file name (`method`, `dataset`, `depth`,
-`batch_size`, `lr`, ..., and `<method>.<param>` for method hyperparameters), plus the
-measured columns below. Nested columns have fixed Arrow types so that rows of different
-cells, methods and code versions concatenate into one table.
+The promise. Every result file written by this code (`cells/<key>.parquet`, one row) has the
+same Arrow schema, `result_schema()`, column for column and type for type:
+
+- `cell_key`, `status`, then one column per parameter by its job-file name: the shared ones
+  (`method`, `dataset`, `depth`, `batch_size`, `lr`, ...; runner/job/spec.py) and every
+  method's hyperparameters as `<method>.<param>` (methods/registry.py), each typed by its
+  declared kind (bool, int64, float64, string);
+- the measured columns (`MEASURED_FIELDS` below), with the types written there;
+- the nested columns `confusion_matrix` (list<list<int64>>, [true][predicted]) and `history`
+  (list<struct<EPOCH_FIELDS>>, one entry per epoch).
+
+A column that does not apply to a cell is null: another method's hyperparameters, an unset
+`train_limit`, `approx_test_accuracy` outside ALSH-APPROX, `slurm_*` outside SLURM. A null is
+not a NaN: NaN is a measured value (a diverged loss, a p-value without a test). So pandas,
+pyarrow.dataset, DuckDB or Polars read a folder of these files whole, with no column lost.
+
+One thing has no single column type: the methods' per-epoch instrumentation, whose names
+depend on the method and the depth. It is stored long form, inside `history`, as
+`stats: list<struct<name: string, value: float64>>`; runner/results/frames.py widens it to one
+float64 `stat.<name>` column per name present.
+
+Files written before this promise (narrower: only the columns their cell had, a null-typed
+column for an unset value) stay valid as they are, digest included; readers promote them to
+this schema (`conform`), with nulls in the columns they lack.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 import pyarrow as pa
+
+from methods.registry import METHODS
+from runner.job.spec import SHARED_PARAMS
 
 # One entry per epoch, in order.
 EPOCH_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
@@ -36,84 +63,175 @@ NESTED_COLUMNS: dict[str, pa.DataType] = {
     "history": HISTORY_TYPE,
 }
 
-# Columns every row has besides the parameters (documented in the README's schema section).
-MEASURED_COLUMNS = (
-    "cell_key",
-    "status",
-    "test_accuracy",
-    "test_loss",
-    "val_accuracy",
-    "best_val_accuracy",
-    "final_train_loss",
-    "diverged",
-    "learning_flag",  # "" learned; "chance" or "diverged" (runner/results/learning.py)
-    "chance_accuracy",
-    "chance_p_value",
-    "approx_test_accuracy",  # the network as it trains (ALSH: through its tables), or null
-    "epochs_done",
-    "steps",
-    "train_seconds",
-    "seconds_per_epoch",
-    "data_seconds",
-    "forward_seconds",
-    "backward_seconds",
-    "step_seconds",
-    "upkeep_seconds",
-    "eval_seconds",
-    "load_seconds",
-    "checkpoint_seconds",  # writing mid-cell checkpoints, this run only
-    "wall_seconds",  # this run only: a resumed cell's earlier runs are not in it
-    "resumed_from_epoch",  # 0: trained from scratch; e: continued from a checkpoint after epoch e
-    "resumes",  # how many times the cell continued from a checkpoint
-    "train_size",
-    "val_size",
-    "test_size",
-    "input_features",
-    "classes",
-    "norm_mean",
-    "norm_std",
-    "split_fingerprint",
-    "n_parameters",
-    "weights_sha256",
-    "torch_threads",
-    "torch_interop_threads",
-    "os_threads",
-    "cpu_affinity",
-    "pinned_cores",
-    "cpu_model",
-    "omp_num_threads",
-    "allocator",
-    "requested_torch_threads",
-    "node",
-    "hostname",
-    "pid",
-    "slurm_job_id",  # SLURM_JOB_ID where the cell ran, null outside SLURM
-    "slurm_node",  # SLURMD_NODENAME, the SLURM node name; null outside SLURM
-    "method_version",
-    "trainer_version",
-    "dataset_version",
-    "torch_version",
-    "python_version",
-    "platform",
-    "started_at",
-    "finished_at",
-    "cell_json",
-    "confusion_matrix",
-    "history",
+_INT, _FLOAT, _BOOL, _STR = pa.int64(), pa.float64(), pa.bool_(), pa.string()
+
+# Columns every row has besides the parameters (documented in docs/results.md), with their types.
+MEASURED_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("cell_key", _STR),
+    ("status", _STR),
+    ("test_accuracy", _FLOAT),
+    ("test_loss", _FLOAT),
+    ("val_accuracy", _FLOAT),
+    ("best_val_accuracy", _FLOAT),
+    ("final_train_loss", _FLOAT),
+    ("diverged", _BOOL),
+    ("learning_flag", _STR),  # "" learned; "chance" or "diverged" (runner/results/learning.py)
+    ("chance_accuracy", _FLOAT),
+    ("chance_p_value", _FLOAT),
+    ("approx_test_accuracy", _FLOAT),  # the network as it trains (ALSH: its tables), or null
+    ("epochs_done", _INT),
+    ("steps", _INT),
+    ("train_seconds", _FLOAT),
+    ("seconds_per_epoch", _FLOAT),
+    ("data_seconds", _FLOAT),
+    ("forward_seconds", _FLOAT),
+    ("backward_seconds", _FLOAT),
+    ("step_seconds", _FLOAT),
+    ("upkeep_seconds", _FLOAT),
+    ("eval_seconds", _FLOAT),
+    ("load_seconds", _FLOAT),
+    ("checkpoint_seconds", _FLOAT),  # writing mid-cell checkpoints, this run only
+    ("wall_seconds", _FLOAT),  # this run only: a resumed cell's earlier runs are not in it
+    ("resumed_from_epoch", _INT),  # 0: from scratch; e: continued from a checkpoint after e
+    ("resumes", _INT),  # how many times the cell continued from a checkpoint
+    ("train_size", _INT),
+    ("val_size", _INT),
+    ("test_size", _INT),
+    ("input_features", _INT),
+    ("classes", _INT),
+    ("norm_mean", _FLOAT),
+    ("norm_std", _FLOAT),
+    ("split_fingerprint", _STR),
+    ("n_parameters", _INT),
+    ("weights_sha256", _STR),
+    ("torch_threads", _INT),
+    ("torch_interop_threads", _INT),
+    ("os_threads", _INT),
+    ("cpu_affinity", _STR),  # the cores the process may run on, "0,1,5"
+    ("pinned_cores", _STR),  # the cores the cell was pinned to, "" when unpinned
+    ("cpu_model", _STR),
+    ("omp_num_threads", _STR),  # the environment variable as set, "" when unset
+    ("allocator", _STR),
+    ("requested_torch_threads", _INT),
+    ("node", _STR),
+    ("hostname", _STR),
+    ("pid", _INT),
+    ("slurm_job_id", _STR),  # SLURM_JOB_ID where the cell ran, null outside SLURM
+    ("slurm_node", _STR),  # SLURMD_NODENAME, the SLURM node name; null outside SLURM
+    ("method_version", _INT),
+    ("trainer_version", _INT),
+    ("dataset_version", _INT),
+    ("torch_version", _STR),
+    ("python_version", _STR),
+    ("platform", _STR),
+    ("started_at", _STR),  # UTC, ISO 8601 with milliseconds and offset, as written
+    ("finished_at", _STR),
+    ("cell_json", _STR),  # the cell as the worker received it (canonical JSON)
+    ("confusion_matrix", CONFUSION_TYPE),
+    ("history", HISTORY_TYPE),
 )
+MEASURED_COLUMNS = tuple(name for name, _ in MEASURED_FIELDS)
+
+_KIND_TYPES: dict[type, pa.DataType] = {bool: _BOOL, int: _INT, float: _FLOAT, str: _STR}
 
 
-def row_to_table(row: dict[str, object]) -> pa.Table:
-    """One result row as a one-row Arrow table with the fixed nested types."""
+def parameter_fields() -> tuple[pa.Field, ...]:
+    """One nullable field per declared parameter, by its job-file name: the shared parameters
+    in declaration order, then each method's (registry order) as `<method>.<param>`."""
+    declared = [(p.name, p.kind) for p in SHARED_PARAMS]
+    for info in METHODS.values():
+        declared += [(f"{info.name}.{p.name}", p.kind) for p in info.params]
+    return tuple(pa.field(name, _KIND_TYPES[kind]) for name, kind in declared)
+
+
+@functools.cache
+def result_schema() -> pa.Schema:
+    """The schema of every result file: `cell_key`, `status`, the parameters, then the other
+    measured columns in MEASURED_FIELDS order. Every field is nullable."""
+    measured = [pa.field(name, dtype) for name, dtype in MEASURED_FIELDS]
+    fields = [*measured[:2], *parameter_fields(), *measured[2:]]
+    names = [f.name for f in fields]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(f"a parameter has the name of a measured column: {clashes}")
+    return pa.schema(fields)
+
+
+def _value_problem(name: str, value: object, dtype: pa.DataType) -> str | None:
+    """Why `value` does not fit a scalar column of type `dtype`, or None. Accepted: None, a
+    value of the type itself (of any width), and an integer for a float column (as a job
+    file's `lr = 1`); not a float for an integer column, nor a number for a string."""
+    if value is None:
+        return None
+    try:
+        inferred = pa.array([value]).type
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        return f"column {name!r}: {value!r} is not an Arrow value ({exc})"
+    if inferred == dtype or pa.types.is_null(inferred):
+        return None
+    if pa.types.is_integer(dtype) and pa.types.is_integer(inferred):
+        return None  # e.g. a numpy integer
+    if pa.types.is_floating(dtype) and (
+        pa.types.is_integer(inferred) or pa.types.is_floating(inferred)
+    ):
+        return None
+    return f"column {name!r}: expected {dtype}, got {value!r} ({inferred})"
+
+
+def row_to_table(row: Mapping[str, object]) -> pa.Table:
+    """One result row as a one-row table in `result_schema()`: every column, null where the
+    row has none. A ValueError names what does not fit: a missing measured column, a column
+    or history field outside the schema, or a value of another type."""
+    schema = result_schema()
     missing = set(MEASURED_COLUMNS) - set(row)
     if missing:
         raise ValueError(f"result row lacks columns: {sorted(missing)}")
+    extra = set(row) - set(schema.names)
+    if extra:
+        raise ValueError(f"result row has columns outside the schema: {sorted(extra)}")
     for entry in row["history"]:  # type: ignore[attr-defined]
         extra = set(entry) - {name for name, _ in EPOCH_FIELDS}
         if extra:
             raise ValueError(f"history entry has columns outside the schema: {sorted(extra)}")
-    flat = {k: v for k, v in row.items() if k not in NESTED_COLUMNS}
-    table = pa.Table.from_pylist([flat])
-    for name, dtype in NESTED_COLUMNS.items():
-        table = table.append_column(pa.field(name, dtype), pa.array([row[name]], type=dtype))
-    return table
+    problems = [
+        problem
+        for f in schema
+        if f.name not in NESTED_COLUMNS
+        and (problem := _value_problem(f.name, row.get(f.name), f.type)) is not None
+    ]
+    if problems:
+        raise ValueError("result row does not fit the schema: " + "; ".join(problems))
+    arrays = [pa.array([row.get(f.name)], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _conform_column(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.ChunkedArray:
+    if column.type == dtype:
+        return column
+    try:
+        return column.cast(dtype)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # e.g. a struct with fewer fields, on a pyarrow that cannot cast structs by name
+        return pa.chunked_array([pa.array(column.to_pylist(), type=dtype)], type=dtype)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """`table` (rows of one or more result files, of any code version) in `result_schema()`,
+    then any columns the schema does not know, in their own types; a column the schema lacks
+    comes out null. A ValueError names a column whose values cannot take the schema's type."""
+    schema = result_schema()
+    arrays, fields = [], []
+    for f in schema:
+        if f.name in table.column_names:
+            try:
+                arrays.append(_conform_column(table.column(f.name), f.type))
+            except (pa.ArrowException, ValueError, TypeError) as exc:
+                raise ValueError(f"column {f.name!r} cannot be read as {f.type}: {exc}") from None
+        else:
+            arrays.append(pa.nulls(table.num_rows, type=f.type))
+        fields.append(f)
+    for name in table.column_names:
+        if name not in schema.names:
+            arrays.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
