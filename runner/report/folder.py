@@ -1,18 +1,18 @@
 """Reading a results folder for a report: finished cells (with their histories), failures, the
-job file and what it expands to; and the long-form epochs table and Parquet writing."""
+job file and what it expands to; and Parquet writing. The long-form epochs table is
+runner/results/frames.py's `epochs_table`, imported here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from runner.errors import CpusweepError, ResultsError
 from runner.job.cells import Cell
-from runner.results.schema import EPOCH_FIELDS
+from runner.results.frames import epochs_table as epochs_table  # moved there; re-exported
 from runner.results.store import ResultsStore, atomic_write_bytes
 
 # --- reading a results folder -------------------------------------------------------------------
@@ -103,34 +103,6 @@ def load_sweep(results_dir: str | Path) -> SweepData:
 
 
 # --- the Parquet files ------------------------------------------------------------------------
-
-_EPOCH_SCALARS = [(name, dtype) for name, dtype in EPOCH_FIELDS if name != "stats"]
-
-
-def epochs_table(cells: pa.Table) -> pa.Table:
-    """Long form of every cell's history: one row per (cell, epoch), fixed columns first
-    (`cell_key`, then the history's fields in schema order), then `stat.<name>` columns
-    sorted by name (float64, null where a cell does not report that value)."""
-    keys = cells.column("cell_key").to_pylist()
-    histories = cells.column("history").to_pylist()
-    fixed: dict[str, list[Any]] = {"cell_key": []} | {name: [] for name, _ in _EPOCH_SCALARS}
-    stats: dict[str, dict[int, float]] = {}
-    n = 0
-    for key, history in zip(keys, histories, strict=True):
-        for entry in history or []:
-            fixed["cell_key"].append(key)
-            for name, _ in _EPOCH_SCALARS:
-                fixed[name].append(entry.get(name))
-            for stat in entry.get("stats") or []:
-                stats.setdefault(f"stat.{stat['name']}", {})[n] = stat["value"]
-            n += 1
-    fields = [pa.field("cell_key", pa.string())] + [pa.field(n_, t) for n_, t in _EPOCH_SCALARS]
-    arrays = [pa.array(fixed[f.name], type=f.type) for f in fields]
-    for name in sorted(stats):
-        values = stats[name]
-        fields.append(pa.field(name, pa.float64()))
-        arrays.append(pa.array([values.get(i) for i in range(n)], type=pa.float64()))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
