@@ -16,72 +16,36 @@ each module and the modules of `methods/` it imports, directly or not.
 from __future__ import annotations
 
 import argparse
-import ast
-import hashlib
 import json
 import sys
 from pathlib import Path
 
+# One definition of the hash for this guard and for the rows' `trainer_sha256` and
+# `method_sha256` columns: runner/run/provenance.py.
+from runner.run.provenance import TRAINER_FILES, code_hash, method_files
+from runner.run.provenance import closure as _closure
+from runner.run.provenance import combined_hash as _combined_hash
+
 REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "tests" / "source_versions.json"
-TRAINER_FILES = ("runner/run/trainer.py",)
-
-
-def code_hash(source: str) -> str:
-    """sha256 of the module's AST with docstrings dropped: a change of comments, docstrings
-    or layout leaves it; a change of code does not."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
-
-
-def _methods_imports(path: Path) -> set[str]:
-    """Files of methods/ that a module imports (anywhere in it, lazily or not)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names: list[str] = []
-        if isinstance(node, ast.ImportFrom) and node.module == "methods":  # from methods import cnn
-            names = [f"methods.{alias.name}" for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        for name in names:
-            file = name.replace(".", "/") + ".py"
-            if name.startswith("methods.") and (REPO / file).is_file():
-                found.add(file)
-    return found
+__all__ = [
+    "TRAINER_FILES",
+    "closure",
+    "code_hash",
+    "combined_hash",
+    "current",
+    "problems",
+    "recorded",
+]
 
 
 def closure(files: tuple[str, ...]) -> list[str]:
-    """The files and every methods/ module they import, transitively."""
-    seen: set[str] = set()
-    todo = list(files)
-    while todo:
-        file = todo.pop()
-        if file in seen or not (REPO / file).is_file():
-            continue
-        seen.add(file)
-        todo.extend(_methods_imports(REPO / file) - seen)
-    # The registry declares versions and defaults (defaults enter keys by value already).
-    return sorted(seen - {"methods/registry.py"})
+    """The files and every methods/ module they import, transitively, in this checkout."""
+    return _closure(files, REPO)
 
 
 def combined_hash(files: list[str]) -> str:
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.encode() + b"\0")
-        digest.update(code_hash((REPO / file).read_text(encoding="utf-8")).encode())
-    return digest.hexdigest()
+    return _combined_hash(files, REPO)
 
 
 def current() -> dict[str, dict[str, object]]:
@@ -100,7 +64,7 @@ def current() -> dict[str, dict[str, object]]:
     }
     for name, info in sorted(METHODS.items()):
         # methods/__init__.py builds every method's model (and the CNN path, methods/cnn.py).
-        files = closure((info.module.replace(".", "/") + ".py", "methods/__init__.py"))
+        files = closure(method_files(info.module))
         entries[f"method:{name}"] = {
             "version": info.version,
             "bump": f"version of {name!r} in methods/registry.py",

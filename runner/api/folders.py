@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from runner.errors import CpusweepError
 from runner.job.grid import expand
 from runner.job.spec import JobSpec, parse_spec
+from runner.results.code_versions import CodeVersion, mixes_code, table_code_versions
 from runner.results.learning import Verdict, row_verdict
 from runner.results.store import ResultsStore
 from runner.run.sweep import SweepPlan, make_plan
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from runner.export.collect import ExportSummary
     from runner.report.build import Report
@@ -47,6 +49,9 @@ class FolderStatus:
     resumable: list[Path] = field(default_factory=list)  # checkpoints of the job's cells
     orphans: list[Path] = field(default_factory=list)  # checkpoints of cells not in the job
     not_learned: list[NotLearned] = field(default_factory=list)
+    # The finished rows' code (commit, dirty, trainer and method hashes) with their counts;
+    # more than one: the folder mixes code (runner/results/code_versions.py)
+    code_versions: list[CodeVersion] = field(default_factory=list)
 
     @property
     def extra_done(self) -> int:
@@ -55,11 +60,15 @@ class FolderStatus:
             return 0
         return len(self.done - {c.key for c in self.plan.cells})
 
+    @property
+    def mixes_code(self) -> bool:
+        """The finished rows come from more than one version of the code."""
+        return mixes_code(self.code_versions)
 
-def _not_learned(store: ResultsStore, labels: dict[str, str]) -> list[NotLearned]:
+
+def _not_learned(table: pa.Table | None, labels: dict[str, str]) -> list[NotLearned]:
     from runner.report.configs import paper_label
 
-    table, _ = store.read_results()
     if table is None:
         return []
     columns = ["cell_key", "dataset", "method", "batch_size", "depth", "seed", "test_accuracy"]
@@ -98,6 +107,7 @@ def status(results: PathLike) -> FolderStatus:
     resumable = [p for p in checkpoints_dir(store.root).glob("*.pt") if p.stem not in ledger.done]
     in_job = {c.key for c in cells} if cells is not None else None
     orphans = [p for p in resumable if in_job is not None and p.stem not in in_job]
+    table, _ = store.read_results()
     return FolderStatus(
         root=store.root,
         job=spec,
@@ -108,7 +118,8 @@ def status(results: PathLike) -> FolderStatus:
         corrupt=dict(ledger.corrupt),
         resumable=[p for p in resumable if p not in orphans],
         orphans=orphans,
-        not_learned=_not_learned(store, {c.key: c.label() for c in cells or []}),
+        not_learned=_not_learned(table, {c.key: c.label() for c in cells or []}),
+        code_versions=table_code_versions(table),
     )
 
 

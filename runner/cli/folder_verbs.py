@@ -12,6 +12,7 @@ from rich.table import Table
 from runner import api
 from runner.cli.output import console, err_console, print_warning
 from runner.cli.tables import comparison_table, grid_table, summary_table
+from runner.results.code_versions import CodeVersion, mix_lines
 
 
 def _size_or_zero(path: Path) -> int:
@@ -20,6 +21,16 @@ def _size_or_zero(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def print_code_mix(versions: list[CodeVersion]) -> None:
+    """The note of a folder whose rows come from different code (nothing when they do not)."""
+    lines = mix_lines(versions)
+    if lines:
+        headline, why, *each = lines
+        console.print(f"[yellow]{escape(headline)}[/]: {escape(why)}")
+        for line in each:
+            console.print(f"  {escape(line)}", soft_wrap=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -45,6 +56,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{root}: {len(folder.done)} done, {len(folder.failed)} failed "
             "(cells still to run are unknown without a job file that expands)"
         )
+    print_code_mix(folder.code_versions)
     if folder.resumable:
         console.print(
             f"{len(folder.resumable)} unfinished cell(s) have a checkpoint: the next "
@@ -129,6 +141,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{len(data.expected)} cells in the job file: {len(data.done_keys & in_job)} done, "
             f"{sum(f.in_job for f in data.failed)} failed, {len(data.missing)} missing"
         )
+    print_code_mix(analysis.code_versions)
     if analysis.cells.empty:
         console.print(f"No finished cells in {escape(str(args.results_dir))} yet.")
     else:

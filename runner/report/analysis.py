@@ -39,6 +39,7 @@ from runner.report.configs import (
 from runner.report.folder import SweepData, epochs_table
 from runner.report.tables import GridTable, Stat
 from runner.report.theorem2 import probe_fits, probe_points, probe_tables
+from runner.results.code_versions import CodeVersion, table_code_versions
 
 # The paper's Table 3 is at this depth, with CIFAR-10's row from the CNN.
 TABLE3_DEPTH = 3
@@ -267,6 +268,8 @@ def provenance(cells: pd.DataFrame) -> dict[str, list[tuple[str, int]]]:
         ("trainer_version", "trainer version"),
         ("torch_version", "torch"),
         ("python_version", "python"),
+        ("cpusweep_version", "cpusweep"),
+        *((f"{p}_version", p) for p in ("numpy", "ray", "torchvision", "pyarrow", "pandas")),
         ("platform", "platform"),
         ("cpu_model", "CPU model"),
         ("requested_torch_threads", "torch threads requested"),
@@ -301,6 +304,8 @@ class Analysis:
     depth: list[GridTable] = field(default_factory=list)
     probe_tables: list[GridTable] = field(default_factory=list)
     provenance: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    # The rows' code versions (runner/results/code_versions.py): more than one, a mix.
+    code_versions: list[CodeVersion] = field(default_factory=list)
     # ALSH-APPROX's active sets (runner/report/active_sets.py): tables, and per layer for the
     # figure.
     active_set_tables: list[GridTable] = field(default_factory=list)
@@ -345,6 +350,7 @@ def analyse(data: SweepData) -> Analysis:
         depth=depth_tables(summary),
         probe_tables=probe_tables(points, fits),
         provenance=provenance(cells),
+        code_versions=table_code_versions(data.table),
         active_set_tables=active_sets.active_set_tables(final),
         active_sets=active_sets.overlap_by_layer(final),
     )

@@ -17,6 +17,7 @@ import pandas as pd
 
 from runner.report.configs import group_name, not_learned_cells, summary_flag
 from runner.report.tables import GridTable, Stat, format_stat
+from runner.results.code_versions import mix_lines
 from runner.results.failures import FAILURE_HINTS, class_counts
 from runner.results.learning import ALPHA, CHANCE, DIVERGED, describe, flag_text
 from runner.results.store import atomic_write_bytes
@@ -297,6 +298,10 @@ def render_page(report: Report) -> str:
             f"- {len(data.unreadable)} unreadable result file(s), left out: "
             + ", ".join(f"`{p.name}`" for p in data.unreadable)
         )
+    mix = mix_lines(analysis.code_versions)
+    if mix:
+        lines.append(f"- **{mix[0][0].upper() + mix[0][1:]}**: {mix[1]}:")
+        lines += [f"  - {line}" for line in mix[2:]]
     lines.append("")
     if done == 0:
         lines += ["No finished cells yet: nothing to tabulate.", ""]
@@ -399,6 +404,11 @@ def render_page(report: Report) -> str:
         lines += ["No failed cells.", ""]
 
     lines += ["## Provenance", ""]
+    if analysis.code_versions:
+        lines.append(
+            "- **code** (git commit, trainer and method code hashes): "
+            + "; ".join(v.describe() for v in analysis.code_versions)
+        )
     for title, values in analysis.provenance.items():
         listed = ", ".join(f"{v} ({n} cell{'s' if n != 1 else ''})" for v, n in values)
         lines.append(f"- **{title}**: {listed}")

@@ -124,6 +124,18 @@ MEASURED_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("torch_version", _STR),
     ("python_version", _STR),
     ("platform", _STR),
+    # Provenance (runner/run/provenance.py), outside the cell key; null where unknown: a row
+    # written before these columns, a run outside a git checkout, a package not installed.
+    ("cpusweep_version", _STR),  # the installed project's version
+    ("git_commit", _STR),  # HEAD of the checkout the code ran from
+    ("git_dirty", _BOOL),  # the checkout had uncommitted changes to tracked files
+    ("numpy_version", _STR),
+    ("ray_version", _STR),
+    ("torchvision_version", _STR),
+    ("pyarrow_version", _STR),
+    ("pandas_version", _STR),
+    ("trainer_sha256", _STR),  # the version guard's hash of the training loop's code
+    ("method_sha256", _STR),  # the version guard's hash of the method's code
     ("started_at", _STR),  # UTC, ISO 8601 with milliseconds and offset, as written
     ("finished_at", _STR),
     ("cell_json", _STR),  # the cell as the worker received it (canonical JSON)

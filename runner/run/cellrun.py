@@ -28,6 +28,7 @@ from runner.results.failures import failure_record, is_out_of_memory
 from runner.results.learning import verdict
 from runner.run.checkpoint import CellCheckpoints, CheckpointPolicy, StorageNotShared
 from runner.run.pinning import pinned_cores
+from runner.run.provenance import provenance_columns
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -276,6 +277,7 @@ def _train_cell(
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
             "platform": f"{sys.platform}-{platform.machine()}",
+            **provenance_columns(cell.method),  # commit, package versions, code hashes
             "started_at": started_at,
             "finished_at": _utc_now(),
             "confusion_matrix": outcome.test.confusion,
