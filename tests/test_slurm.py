@@ -172,8 +172,10 @@ def test_prelimit_signal_requeues_and_the_next_allocation_resumes_bit_identical(
     assert saved["key"] in left and not left & done_before  # checkpoints of unfinished cells
     assert not (results / "failed").exists() or not list((results / "failed").iterdir())
 
-    # A requeued job waits a while before it is eligible again; let it run now.
-    slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    # A requeued job waits a while before it is eligible again; let it run soon, not at once:
+    # slurmd refuses a credential issued in the same second as the old allocation's kill
+    # ("Killing non-startable batch JobId=N: Job credential revoked", seen here under load).
+    slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now+3")
     output = finish(slurm, job_id, results)
     second = output[len(first) :]
     todo = 4 - len(done_before)
