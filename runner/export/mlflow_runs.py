@@ -137,6 +137,20 @@ def _cell_metrics(cell: CellExport) -> list[tuple[str, float, int, int]]:
     return metrics
 
 
+def _child_run(
+    client: Any, experiment_id: str, base_tags: dict[str, str], key: str, item: Any
+) -> str:
+    """A new child run for a finished or failed cell (`item`: its started_ms and run_name),
+    tagged with its cell key, which re-exports match on."""
+    run = client.create_run(
+        experiment_id,
+        start_time=item.started_ms,
+        tags={**base_tags, KEY_TAG: key},
+        run_name=item.run_name,
+    )
+    return str(run.info.run_id)
+
+
 def export_mlflow(
     results_dir: str | os.PathLike[str],
     tracking_uri: str | None = None,
@@ -202,13 +216,7 @@ def _export_runs(
         if (cell.key, "FINISHED") in children:
             summary.skipped += 1
             continue
-        run = client.create_run(
-            experiment_id,
-            start_time=cell.started_ms,
-            tags={**base_tags, KEY_TAG: cell.key},
-            run_name=cell.run_name,
-        )
-        run_id = run.info.run_id
+        run_id = _child_run(client, experiment_id, base_tags, cell.key, cell)
         writer.log(run_id, params=cell.params, tags=cell.tags, metrics=_cell_metrics(cell))
         if cell.confusion:
             client.log_dict(
@@ -238,13 +246,7 @@ def _export_runs(
             else:
                 summary.failed_skipped += 1
             continue
-        run = client.create_run(
-            experiment_id,
-            start_time=failure.started_ms,
-            tags={**base_tags, KEY_TAG: failure.key},
-            run_name=failure.run_name,
-        )
-        run_id = run.info.run_id
+        run_id = _child_run(client, experiment_id, base_tags, failure.key, failure)
         writer.log(run_id, params=failure.params, tags=failure.tags)
         if failure.record:
             client.log_dict(run_id, failure.record, "failure.json")
