@@ -92,11 +92,7 @@ class Plan:
         return {c.key for c in self.sweep.failed}
 
     def counts(self) -> str:
-        s = self.sweep
-        return (
-            f"{len(s.cells)} cells: {len(s.done)} done, {len(s.failed)} failed, "
-            f"{len(s.todo)} to run"
-        )
+        return self.sweep.counts()
 
     def by_method(self) -> Counter[str]:
         return Counter(c.method for c in self.todo)

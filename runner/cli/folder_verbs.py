@@ -42,11 +42,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if folder.job_problem:
         print_warning(folder.job_problem)
     if folder.plan is not None and folder.job is not None:
-        p = folder.plan
-        console.print(
-            f"[bold]{folder.job.name}[/] ({root}): {len(p.cells)} cells: {len(p.done)} done, "
-            f"{len(p.failed)} failed, {len(p.todo)} to run"
-        )
+        console.print(f"[bold]{folder.job.name}[/] ({root}): {folder.plan.counts()}")
         if folder.extra_done:
             console.print(
                 f"{folder.extra_done} finished cell(s) from earlier versions of the job file"

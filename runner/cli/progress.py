@@ -65,9 +65,8 @@ class RichProgress:
             print_warning(event.message)
         elif isinstance(event, SweepPlanned):
             self.console.print(
-                f"[bold]{escape(event.job)}[/]: {len(event.plan.cells)} cells: "
-                f"{len(event.plan.done)} done, {len(event.plan.failed)} failed, "
-                f"{len(event.plan.todo)} to run → {escape(str(event.results))}"
+                f"[bold]{escape(event.job)}[/]: {event.plan.counts()} → "
+                f"{escape(str(event.results))}"
             )
         elif isinstance(event, SweepStarted):
             self.console.print(f"Running on {escape(event.executor)}")

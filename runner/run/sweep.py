@@ -47,6 +47,13 @@ class SweepPlan:
     failed: list[Cell]  # failed before; re-run only with --retry-failed
     todo: list[Cell]
 
+    def counts(self) -> str:
+        """E.g. "20 cells: 4 done, 1 failed, 15 to run", as every verb says it."""
+        return (
+            f"{len(self.cells)} cells: {len(self.done)} done, {len(self.failed)} failed, "
+            f"{len(self.todo)} to run"
+        )
+
 
 @dataclass
 class SweepSummary:
