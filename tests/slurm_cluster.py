@@ -46,11 +46,17 @@ class SlurmUnavailable(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports the system has free now.
+
+    Every socket stays bound until all are chosen: a port released and asked for again can come
+    back at once, and two daemons given the same port fail with "Address already in use" (seen
+    in CI: both slurmd nodes were handed one port)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def processes_with_env(name: str, value: str) -> list[int]:
@@ -180,10 +186,11 @@ class SlurmCluster:
         host = socket.gethostname()
         user = pwd.getpwuid(os.geteuid()).pw_name
         r = self.root
+        ctld_port, *node_ports = free_ports(1 + len(NODES))
         lines = [
             f"ClusterName={self.name}",
             f"SlurmctldHost={host}(127.0.0.1)",
-            f"SlurmctldPort={free_port()}",
+            f"SlurmctldPort={ctld_port}",
             "AuthType=auth/munge",
             f"AuthInfo=socket={munge_socket}",
             "CredType=cred/munge",
@@ -212,9 +219,9 @@ class SlurmCluster:
             "MinJobAge=3600",  # finished jobs stay visible to scontrol
             "KillWait=10",
         ]
-        for node in NODES:
+        for node, port in zip(NODES, node_ports, strict=True):
             lines.append(
-                f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} "
+                f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} "
                 "CPUs=1 RealMemory=2000 State=UNKNOWN"
             )
         lines.append(
