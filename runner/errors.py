@@ -25,6 +25,18 @@ class SpecError(CpusweepError):
         super().__init__(f"{source}: {len(self.problems)} {noun} in the job file:\n{lines}")
 
 
+class SelectionError(SpecError):
+    """`--only` / `--set` (or `only` / `overrides` from Python) ask for what the job cannot
+    give. Holds every problem found."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.source = "--only/--set"
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        CpusweepError.__init__(self, f"--only/--set: {len(self.problems)} {noun}:\n{lines}")
+
+
 class DatasetError(CpusweepError):
     """A dataset is missing, incomplete or corrupt, and cannot be fetched here."""
 

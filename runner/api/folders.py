@@ -37,6 +37,17 @@ class NotLearned:
     verdict: Verdict
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """A finished cell that stopped before its last epoch: diverged, or by a time budget."""
+
+    key: str
+    label: str
+    reason: str  # runner/results/stops.py
+    epochs_done: int
+    epochs: int
+
+
 @dataclass
 class FolderStatus:
     root: Path
@@ -49,6 +60,8 @@ class FolderStatus:
     resumable: list[Path] = field(default_factory=list)  # checkpoints of the job's cells
     orphans: list[Path] = field(default_factory=list)  # checkpoints of cells not in the job
     not_learned: list[NotLearned] = field(default_factory=list)
+    # Finished cells that stopped before their last epoch (runner/results/stops.py)
+    stopped: list[Stopped] = field(default_factory=list)
     # The finished rows' code (commit, dirty, trainer and method hashes) with their counts;
     # more than one: the folder mixes code (runner/results/code_versions.py)
     code_versions: list[CodeVersion] = field(default_factory=list)
@@ -87,6 +100,26 @@ def _not_learned(table: pa.Table | None, labels: dict[str, str]) -> list[NotLear
     return flagged
 
 
+def _stopped(table: pa.Table | None, labels: dict[str, str]) -> list[Stopped]:
+    from runner.results.stops import COMPLETED, stop_reason
+
+    if table is None:
+        return []
+    wanted = ("cell_key", "stop_reason", "diverged", "epochs_done", "epochs")
+    rows = table.select([c for c in wanted if c in table.column_names]).to_pylist()
+    return [
+        Stopped(
+            r["cell_key"],
+            labels.get(r["cell_key"], r["cell_key"]),
+            reason,
+            int(r.get("epochs_done") or 0),
+            int(r.get("epochs") or 0),
+        )
+        for r in rows
+        if (reason := stop_reason(r)) != COMPLETED
+    ]
+
+
 def status(results: PathLike) -> FolderStatus:
     """Done, failed and to-run cells of a results folder (against the job file saved in it),
     checkpoints that let a cell resume, unreadable files and cells that did not learn."""
@@ -108,6 +141,7 @@ def status(results: PathLike) -> FolderStatus:
     in_job = {c.key for c in cells} if cells is not None else None
     orphans = [p for p in resumable if in_job is not None and p.stem not in in_job]
     table, _ = store.read_results()
+    labels = {c.key: c.label() for c in cells or []}
     return FolderStatus(
         root=store.root,
         job=spec,
@@ -118,7 +152,8 @@ def status(results: PathLike) -> FolderStatus:
         corrupt=dict(ledger.corrupt),
         resumable=[p for p in resumable if p not in orphans],
         orphans=orphans,
-        not_learned=_not_learned(table, {c.key: c.label() for c in cells or []}),
+        not_learned=_not_learned(table, labels),
+        stopped=_stopped(table, labels),
         code_versions=table_code_versions(table),
     )
 
@@ -133,7 +168,9 @@ def load(results: PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     return load_frames(results)
 
 
-def overview(results: PathLike, keys: set[str] | None = None) -> pd.DataFrame:
+def overview(
+    results: PathLike, keys: set[str] | None = None, include_stopped: bool = False
+) -> pd.DataFrame:
     """One row per configuration (dataset, method and batch setting with its variant, depth)
     of the folder's finished cells (only `keys`, if given): seeds, mean and standard
     deviation of test accuracy and seconds per epoch, and the worst learning flag."""
@@ -144,16 +181,24 @@ def overview(results: PathLike, keys: set[str] | None = None) -> pd.DataFrame:
     rows = ResultsStore(results).finished_rows()
     if keys is not None:
         rows = [r for r in rows if r["cell_key"] in keys]
-    return summarise(pd.DataFrame(rows)) if rows else pd.DataFrame()
+    return summarise(pd.DataFrame(rows), include_stopped) if rows else pd.DataFrame()
 
 
-def report(results: PathLike, out: PathLike | None = None, compare_paper: bool = False) -> Report:
+def report(
+    results: PathLike,
+    out: PathLike | None = None,
+    compare_paper: bool = False,
+    include_stopped: bool = False,
+) -> Report:
     """Write the report of a results folder into `out` (default RESULTS/report): cells and
     epochs as Parquet, the paper's tables and figures, and a page; with `compare_paper`, the
-    published numbers beside ours."""
+    published numbers beside ours. Cells that stopped early (diverged, or by a time budget)
+    are flagged and left out of the means unless `include_stopped`."""
     from runner.report.build import build_report
 
-    return build_report(Path(results), None if out is None else Path(out), compare_paper)
+    return build_report(
+        Path(results), None if out is None else Path(out), compare_paper, include_stopped
+    )
 
 
 def export(

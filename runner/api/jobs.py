@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 from runner.errors import CpusweepError, SpecError
 from runner.job.cells import Cell
 from runner.job.grid import expand
+from runner.job.select import select
 from runner.job.spec import JobSpec, load_spec, parse_spec
 from runner.results.store import ResultsStore
 from runner.run.estimate import Estimate, Estimator, load_bench, makespan
@@ -47,15 +48,29 @@ def results_folder(job: JobSpec, results: str | os.PathLike[str] | None) -> Path
     return Path(results) if results is not None else Path("results") / job.name
 
 
-def cells_of(job: JobSpec) -> tuple[list[Cell], list[str]]:
-    """The job's cells and the expansion's warnings; an empty grid is an error."""
+Only = Mapping[str, Sequence[Any] | str]
+
+
+def cells_of(
+    job: JobSpec, only: Only | None = None, overrides: Mapping[str, Any] | None = None
+) -> tuple[list[Cell], list[str]]:
+    """The job's cells (those `only` keeps, with `overrides` set: runner/job/select.py) and
+    the expansion's warnings; an empty grid is an error."""
     expansion = expand(job)
     if not expansion.cells:
         raise CpusweepError(
             f"{job.source}: the job has no cells: its [[exclude]] tables drop every "
             "combination of the grid; loosen them (`python -m runner plan` shows the cells)"
         )
-    return expansion.cells, expansion.warnings
+    if not only and not overrides:
+        return expansion.cells, expansion.warnings
+    cells = select(expansion.cells, only, overrides)
+    if not cells:
+        raise CpusweepError(
+            "--only: no cell of the job passes every one of them together "
+            "(`python -m runner plan JOB` lists the job's cells)"
+        )
+    return cells, expansion.warnings
 
 
 @dataclass
@@ -124,12 +139,15 @@ def plan(
     job: JobLike,
     results: str | os.PathLike[str] | None = None,
     bench: str | os.PathLike[str] | None = None,
+    *,
+    only: Only | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Plan:
     """The job's cells against its results folder (nothing is created or changed), with an
     estimate of each cell to run from the folder's finished cells or from a `runner bench
-    --json` file."""
+    --json` file. `only` and `overrides` select and vary cells as for `submit`."""
     spec = load_job(job)
-    cells, warnings = cells_of(spec)
+    cells, warnings = cells_of(spec, only, overrides)
     store = ResultsStore(results_folder(spec, results))
     ledger = store.scan()
     warnings += unreadable_warnings(ledger.corrupt)

@@ -11,13 +11,16 @@ import contextlib
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from runner.api.events import EventCallback, EventListener, SweepPlanned, SweepWarning, ignore
-from runner.api.jobs import JobLike, cells_of, load_job, results_folder
+from runner.api.jobs import JobLike, Only, cells_of, load_job, results_folder
+from runner.job.cells import Cell
 from runner.job.spec import JobSpec
+from runner.results.stops import TIME_BUDGET, stop_reason
 from runner.results.store import TEMP_SUFFIX, Ledger, ResultsStore
 from runner.run.estimate import Estimator, longest_first
 from runner.run.sweep import SweepPlan, interrupt_handling, make_plan
@@ -82,12 +85,18 @@ def submit(
     address: str | None = None,
     data_root: str | os.PathLike[str] | None = None,
     retry_failed: bool = False,
+    rerun_stopped: bool = False,
+    only: Only | None = None,
+    overrides: Mapping[str, Any] | None = None,
     on_event: EventCallback | None = None,
 ) -> SweepResult:
     """Run the job's cells that are not done in `results` (default results/<job name>):
     on a local Ray with `cpus` CPUs (default: all) or the Ray cluster at `address` (default:
     $RAY_ADDRESS, else a local one), or in this process (`executor="serial"`). Cells that
-    failed before run again only with `retry_failed`. Datasets come from `data_root`
+    failed before run again only with `retry_failed`, cells a time budget stopped only with
+    `rerun_stopped` (from scratch, under the job's budget now). `only` runs part of the job
+    and `overrides` sets parameters for this run, as new cells (runner/job/select.py), e.g.
+    `only={"method": ["standard"]}, overrides={"epochs": 1}`. Datasets come from `data_root`
     (default: $CPUSWEEP_DATA_ROOT, else ~/.cache/cpusweep/data) and are all checked before
     anything starts.
 
@@ -98,19 +107,34 @@ def submit(
         raise ValueError(f"executor must be 'ray' or 'serial', not {executor!r}")
     emit = on_event or ignore
     with interrupt_handling():  # covers Ray's start-up and shut-down too
+        spec = load_job(job)
+        cells, warnings = cells_of(spec, only, overrides)
         return _submit(
-            load_job(job), results, executor, cpus, address, data_root, retry_failed, emit
+            spec,
+            cells,
+            warnings,
+            results,
+            executor,
+            cpus,
+            address,
+            data_root,
+            retry_failed,
+            rerun_stopped,
+            emit,
         )
 
 
 def _submit(
     spec: JobSpec,
+    cells: list[Cell],
+    expansion_warnings: list[str],
     results: str | os.PathLike[str] | None,
     executor_name: str,
     cpus: int | None,
     address: str | None,
     data_root: str | os.PathLike[str] | None,
     retry_failed: bool,
+    rerun_stopped: bool,
     emit: EventCallback,
 ) -> SweepResult:
     from runner.datasets.loading import ensure_available
@@ -119,7 +143,6 @@ def _submit(
     from runner.run.executors import Executor, RayExecutor, SerialExecutor
     from runner.run.sweep import run_sweep
 
-    cells, expansion_warnings = cells_of(spec)
     store = ResultsStore(results_folder(spec, results))
     store.prepare()
     warnings: list[str] = []
@@ -139,7 +162,12 @@ def _submit(
                 )
         for warning in expansion_warnings:
             warn(warning)
-        plan = make_plan(cells, store.scan(), retry_failed)
+        ledger = store.scan()
+        if rerun_stopped:  # their rows stay until the new ones replace them
+            ledger.done -= {
+                r["cell_key"] for r in store.finished_rows() if stop_reason(r) == TIME_BUDGET
+            }
+        plan = make_plan(cells, ledger, retry_failed)
         # Longest cells first (estimated from finished cells where there are some).
         plan.todo = longest_first(plan.todo, Estimator(store.finished_rows()))
         emit(SweepPlanned(spec.name, store.root, plan))
@@ -162,7 +190,12 @@ def _submit(
         runner: Executor
         if executor_name == "serial":
             runner = SerialExecutor(
-                given_root, download, spec.resources.torch_threads, checkpoints, pin_cores=pin
+                given_root,
+                download,
+                spec.resources.torch_threads,
+                checkpoints,
+                pin_cores=pin,
+                max_cell_minutes=spec.resources.max_cell_minutes,
             )
         else:
             runner = RayExecutor(

@@ -45,7 +45,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(f"[bold]{folder.job.name}[/] ({root}): {folder.plan.counts()}")
         if folder.extra_done:
             console.print(
-                f"{folder.extra_done} finished cell(s) from earlier versions of the job file"
+                f"{folder.extra_done} finished cell(s) the job file does not make "
+                "(earlier versions of it, or runs with --set)"
             )
     else:
         console.print(
@@ -90,6 +91,21 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{n.verdict.chance_accuracy:.4f}",
             )
         console.print(out)
+    if folder.stopped:
+        from runner.results.stops import REASONS, stop_text
+
+        console.print(
+            f"[yellow]{len(folder.stopped)} finished cell(s) stopped before their last "
+            "epoch[/]: left out of the report's means (report --include-stopped counts them)"
+        )
+        for reason in sorted({s.reason for s in folder.stopped}):
+            console.print(f"  [bold]{reason}[/]: {escape(REASONS.get(reason, ''))}")
+        for s in folder.stopped:
+            console.print(
+                f"  {stop_text(s.reason)}  {escape(s.label)}  after {s.epochs_done} of "
+                f"{s.epochs} epochs  [dim]{s.key}[/]",
+                highlight=False,
+            )
     if folder.failed:
         counts = class_counts(
             [str(f.get("error_class", "unknown")) for f in folder.failed.values()]
@@ -123,7 +139,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from runner.report.configs import not_learned_cells
 
-    report = api.report(args.results_dir, args.out, compare_paper=args.compare_paper)
+    report = api.report(
+        args.results_dir,
+        args.out,
+        compare_paper=args.compare_paper,
+        include_stopped=args.include_stopped,
+    )
     data, analysis = report.data, report.analysis
     for path in data.unreadable:
         err_console.print(
@@ -151,6 +172,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         console.print(
             f"[yellow]{len(flagged)} finished cell(s) did not learn[/] (marked ⚠ in the tables; "
             "the page lists them and why)"
+        )
+    stopped = int(analysis.summary["stopped"].sum()) if "stopped" in analysis.summary else 0
+    if stopped:
+        counted = "counted in" if args.include_stopped else "left out of"
+        console.print(
+            f"[yellow]{stopped} finished cell(s) stopped before their last epoch[/] (marked ⏹; "
+            f"{counted} the means; the page lists them)"
         )
     if report.comparison is not None:
         if report.comparison.empty:

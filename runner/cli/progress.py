@@ -3,6 +3,7 @@ the events `runner.submit` reports (runner/api/events.py)."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ from runner.api.events import (
 )
 from runner.cli.output import print_warning
 from runner.results.learning import describe
+from runner.results.stops import DIVERGED, TIME_BUDGET, stop_reason
 
 
 def _duration(seconds: float) -> str:
@@ -35,6 +37,23 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def stopped_note(row: dict[str, Any]) -> str:
+    """What a cell that stopped early is marked with ('' for one that ran its epochs)."""
+    reason = stop_reason(row)
+    epochs = f"after {row.get('epochs_done')} of {row.get('epochs')} epochs"
+    if reason == DIVERGED:
+        return f" [yellow]⏹ stopped at step {row.get('diverged_at_step')}, {epochs}[/]"
+    if reason == TIME_BUDGET:
+        budget = f"max_cell_minutes = {row.get('max_cell_minutes'):g}"
+        return f" [yellow]⏹ STOPPED by {budget}, {epochs}: not in means[/]"
+    return ""
+
+
+def per_epoch(row: dict[str, Any]) -> str:
+    seconds = float(row.get("seconds_per_epoch", math.nan))
+    return f"{seconds:.2f} s/epoch" if math.isfinite(seconds) else "no full epoch"
 
 
 class RichProgress:
@@ -108,7 +127,8 @@ class RichProgress:
         self.cell_seconds.append(float(row.get("wall_seconds", 0.0)))
         label = escape(f"{cell.label():40s}")
         if verdict.learned:
-            mark, result = "[green]✓[/]", f"test {row['test_accuracy']:.4f}"
+            mark = "[yellow]⏹[/]" if stop_reason(row) == TIME_BUDGET else "[green]✓[/]"
+            result = f"test {row['test_accuracy']:.4f}"
         else:  # never printed like a normal result
             self.not_learned += 1
             mark = "[yellow]⚠[/]"
@@ -117,9 +137,8 @@ class RichProgress:
                 f"{escape(describe(verdict.flag))} (chance {verdict.chance_accuracy:.4f})[/]"
             )
         self.console.print(
-            f"{mark} {label} {result}  "
-            f"{row['seconds_per_epoch']:.2f} s/epoch  threads {row['torch_threads']}  "
-            f"[dim]{cell.key}[/]",
+            f"{mark} {label} {result}{stopped_note(row)}  "
+            f"{per_epoch(row)}  threads {row['torch_threads']}  [dim]{cell.key}[/]",
             highlight=False,
         )
         self._refresh()

@@ -15,9 +15,11 @@ from runner.api.jobs import results_folder
 from runner.cli.output import console, hours, print_warning, resume_command
 from runner.cli.progress import RichProgress
 from runner.cli.tables import overview_table
+from runner.job.select import from_command_line
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    only, overrides = from_command_line(args.only, args.set)
     progress = RichProgress(console)
     try:
         result = api.submit(
@@ -28,6 +30,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             address=args.address,
             data_root=args.data_root,
             retry_failed=args.retry_failed,
+            rerun_stopped=args.rerun_stopped,
+            only=only,
+            overrides=overrides,
             on_event=progress,
         )
     finally:
@@ -126,7 +131,8 @@ def cmd_slurm(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan = api.plan(args.job, args.results, bench=args.bench)
+    only, overrides = from_command_line(args.only, args.set)
+    plan = api.plan(args.job, args.results, bench=args.bench, only=only, overrides=overrides)
     for warning in plan.warnings:
         print_warning(warning)
     table = Table(title=f"{plan.job.name}: {plan.counts()}")

@@ -127,6 +127,9 @@ class Resources:
     max_in_flight: int = 0  # cells submitted at once; 0 = twice the cluster's CPU slots
     checkpoint_every: int = 1  # epochs between a running cell's checkpoints; 0 = none
     pin_cores: bool = False  # each running cell's threads on cores of its own
+    # Each cell stops after the epoch that crosses this many minutes (runner/results/stops.py);
+    # None: no budget. Not part of the cell key.
+    max_cell_minutes: float | None = None
 
 
 RESOURCE_PARAMS: tuple[Param, ...] = (
@@ -149,6 +152,15 @@ RESOURCE_PARAMS: tuple[Param, ...] = (
         exclusive_minimum=True,
     ),
     Param("max_in_flight", int, 0, "cells submitted at once (0 = 2 x CPU slots)", minimum=0),
+    Param(
+        "max_cell_minutes",
+        float,
+        None,
+        "stop a cell after the epoch that crosses this many minutes (flagged, not in the key)",
+        minimum=0.0,
+        exclusive_minimum=True,
+        optional=True,
+    ),
     Param(
         "checkpoint_every",
         int,

@@ -312,7 +312,7 @@ class Analysis:
     active_sets: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def analyse(data: SweepData) -> Analysis:
+def analyse(data: SweepData, include_stopped: bool = False) -> Analysis:
     if data.table is None:
         empty = pd.DataFrame()
         points = probe_points(empty, empty)
@@ -333,7 +333,7 @@ def analyse(data: SweepData) -> Analysis:
     }
     cells["learning_flag"] = learning_flags(cells, matrices)
     cells["active_share"], cells["computed_share"] = work_share_columns(cells, epochs)
-    summary = summarise(cells)
+    summary = summarise(cells, include_stopped)
     points = probe_points(cells, epochs)
     fits = probe_fits(points)
     final = active_sets.final_stats(cells, epochs)

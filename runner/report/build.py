@@ -49,8 +49,10 @@ def build_report(
     results_dir: str | Path,
     out_dir: str | Path | None = None,
     compare_paper: bool = False,
+    include_stopped: bool = False,
 ) -> Report:
-    """Read a results folder and write the Parquet files, the figures and the page."""
+    """Read a results folder and write the Parquet files, the figures and the page; cells
+    that stopped early count in the means only with `include_stopped`."""
     from runner.report import figures
     from runner.report import page as report_page
     from runner.report.published import compare, load_published
@@ -67,7 +69,7 @@ def build_report(
             f"cannot write the report to {out} ({exc.strerror or exc}); write it elsewhere "
             "with --out DIR"
         ) from None
-    analysis = analyse(data)
+    analysis = analyse(data, include_stopped)
     report = Report(out, None, None, None, data, analysis)
     if data.table is not None:
         flat = data.table.drop_columns(["history"])

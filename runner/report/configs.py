@@ -17,6 +17,7 @@ import pandas as pd
 from runner.report import active_sets
 from runner.report.tables import Stat
 from runner.results.learning import DIVERGED, flag_text, row_verdict
+from runner.results.stops import COMPLETED, TIME_BUDGET, stop_reason, stop_text
 
 PHASES = ("data", "forward", "backward", "step", "upkeep")
 
@@ -224,15 +225,27 @@ def _sort_key(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def summarise(cells: pd.DataFrame) -> pd.DataFrame:
+def stop_reasons(cells: pd.DataFrame) -> pd.Series:
+    """Each finished cell's stop reason (runner/results/stops.py), older rows included."""
+    columns = [c for c in ("stop_reason", "diverged") if c in cells.columns]
+    records = cells[columns].to_dict("records")
+    return pd.Series([stop_reason(r) for r in records], index=cells.index, dtype=object)
+
+
+def summarise(cells: pd.DataFrame, include_stopped: bool = False) -> pd.DataFrame:
     """One row per configuration: its parameters, `seeds` (distinct seeds), `cells`, and for
     each metric its mean (column named after the metric) and sample standard deviation over
     seeds (`<metric>_std`, NaN with one seed); `threads`: the torch thread counts observed;
-    `train_size`: training examples per epoch; `cpu_models`: the CPU models, ", "-joined."""
+    `train_size`: training examples per epoch; `cpu_models`: the CPU models, ", "-joined.
+
+    Cells that stopped early (diverged, or by a time budget) are left out of the means and
+    standard deviations unless `include_stopped`; `stopped` counts them and `stop_reason`
+    says why (a time budget before a divergence, which the learning flag shows already)."""
     if cells.empty:
         return pd.DataFrame()
     if "config" not in cells.columns:
         cells = annotate(cells)
+    cells = cells.assign(_stop=stop_reasons(cells))
     keep = [c for c in (*CONFIG_COLUMNS, *VERSION_COLUMNS, "label") if c in cells.columns]
     keep += _hyper_columns(cells)
     rows = []
@@ -242,11 +255,19 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
         row.update({c: first[c] for c in keep})
         row["seeds"] = int(group["seed"].nunique())
         row["cells"] = len(group)
+        stopped = group["_stop"] != COMPLETED
+        reasons = set(group.loc[stopped, "_stop"])
+        row["stopped"] = int(stopped.sum())
+        row["stop_reason"] = (
+            "" if not reasons else TIME_BUDGET if TIME_BUDGET in reasons else sorted(reasons)[0]
+        )
+        row["stopped_in_means"] = include_stopped
+        counted = group if include_stopped else group[~stopped]
         for metric in METRICS:
             if metric not in group.columns:  # rows written before the metric existed
                 row[metric] = row[f"{metric}_std"] = math.nan
                 continue
-            values = group[metric].astype(float)
+            values = counted[metric].astype(float)
             row[metric] = float(values.mean())
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         # Seeds that did not learn (runner/results/learning.py): the worst flag, and how many.
@@ -276,10 +297,20 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_flag(row: pd.Series) -> str:
-    """The mark of a configuration some of whose seeds did not learn ('' if all learned)."""
-    if not row.get("not_learned", 0):
-        return ""
-    return flag_text(str(row["learning_flag"]), int(row["not_learned"]), int(row["cells"]))
+    """The mark of a configuration some of whose seeds did not learn or stopped early, the
+    latter left out of its means unless asked ('' if all learned and completed)."""
+    marks = []
+    if row.get("not_learned", 0):
+        marks.append(
+            flag_text(str(row["learning_flag"]), int(row["not_learned"]), int(row["cells"]))
+        )
+    stopped = int(row.get("stopped", 0) or 0)
+    if stopped:
+        left_out = "(in means)" if row.get("stopped_in_means") else "(not in means)"
+        if row["stop_reason"] != DIVERGED:  # a divergence shows as a learning flag already
+            marks.append(stop_text(str(row["stop_reason"]), stopped, int(row["cells"])))
+        marks.append(left_out)
+    return " ".join(marks)
 
 
 def not_learned_cells(cells: pd.DataFrame) -> pd.DataFrame:

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from runner.report.configs import group_name, not_learned_cells, summary_flag
+from runner.report.configs import group_name, not_learned_cells, stop_reasons, summary_flag
 from runner.report.tables import GridTable, Stat, format_stat
 from runner.results.code_versions import mix_lines
 from runner.results.failures import FAILURE_HINTS, class_counts
 from runner.results.learning import ALPHA, CHANCE, DIVERGED, describe, flag_text
+from runner.results.stops import COMPLETED, REASONS, stop_text
 from runner.results.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -211,6 +212,64 @@ def summary_markdown(summary: pd.DataFrame) -> list[str]:
     )
 
 
+def stopped_markdown(cells: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """The cells that stopped before their last epoch, and whether the means count them."""
+    if cells.empty:
+        return []
+    reasons = stop_reasons(cells)
+    stopped = cells[reasons != COMPLETED].assign(_stop=reasons[reasons != COMPLETED])
+    if stopped.empty:
+        return []
+    counted = bool(summary["stopped_in_means"].any()) if "stopped_in_means" in summary else False
+    lines = [
+        "## Cells that stopped early",
+        "",
+        f"{len(stopped)} finished cell(s) stopped before their last epoch; they are marked ⏹ "
+        "in every table below and "
+        + (
+            "**counted** in the means (`--include-stopped`)."
+            if counted
+            else "left out of the means (`report --include-stopped` counts them)."
+        )
+        + " "
+        + "; ".join(f"**{name}**: {text}" for name, text in REASONS.items())
+        + ".",
+        "",
+    ]
+
+    def number(value: object) -> str:
+        return "-" if value is None or pd.isna(value) else f"{value:g}"
+
+    rows = [
+        [
+            group_name(r["dataset"], r["arch"]),
+            r["label"],
+            str(r["depth"]),
+            str(r["seed"]),
+            stop_text(str(r["_stop"])),
+            f"{r['epochs_done']} of {r['epochs']}",
+            number(r.get("diverged_at_step")),
+            number(r.get("max_cell_minutes")),
+            f"`{r['cell_key']}`",
+        ]
+        for _, r in stopped.iterrows()
+    ]
+    return lines + markdown_table(
+        [
+            "dataset",
+            "method",
+            "depth",
+            "seed",
+            "stopped",
+            "epochs",
+            "at step",
+            "budget (min)",
+            "key",
+        ],
+        rows,
+    )
+
+
 def not_learned_markdown(cells: pd.DataFrame) -> list[str]:
     """The cells that did not learn, before any table, so that no number of theirs is read
     as a normal result."""
@@ -288,8 +347,8 @@ def render_page(report: Report) -> str:
         )
         if done - done_in_job:
             lines.append(
-                f"- {done - done_in_job} finished cell(s) from earlier versions of the job file "
-                "are included in the tables."
+                f"- {done - done_in_job} finished cell(s) the job file does not make (earlier "
+                "versions of it, or runs with --set) are included in the tables."
             )
     else:
         lines.append(f"- {done} finished cell(s), {len(data.failed)} failed. {data.job_problem}.")
@@ -307,6 +366,7 @@ def render_page(report: Report) -> str:
         lines += ["No finished cells yet: nothing to tabulate.", ""]
 
     lines += not_learned_markdown(analysis.cells)
+    lines += stopped_markdown(analysis.cells, analysis.summary)
     if analysis.accuracy:
         lines += ["## Test accuracy (paper Table 3)", ""]
         for table in analysis.accuracy:

@@ -51,6 +51,7 @@ EPOCH_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("step_seconds", pa.float64()),
     ("upkeep_seconds", pa.float64()),
     ("eval_seconds", pa.float64()),  # validation pass and probe; not training time
+    ("steps", pa.int64()),  # optimizer updates; fewer in an epoch a divergence cut short
     # Method instrumentation, long form: e.g. {"name": "probe_rel_error.layer2", "value": 0.3}
     ("stats", pa.list_(pa.struct([("name", pa.string()), ("value", pa.float64())]))),
 )
@@ -79,6 +80,10 @@ MEASURED_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("chance_accuracy", _FLOAT),
     ("chance_p_value", _FLOAT),
     ("approx_test_accuracy", _FLOAT),  # the network as it trains (ALSH: its tables), or null
+    # Why the cell stopped: "completed", "diverged", "time_budget" (runner/results/stops.py)
+    ("stop_reason", _STR),
+    ("diverged_at_step", _INT),  # the step whose loss was not finite; null otherwise
+    ("max_cell_minutes", _FLOAT),  # the time budget the cell ran under; null: none
     ("epochs_done", _INT),
     ("steps", _INT),
     ("train_seconds", _FLOAT),
@@ -112,6 +117,8 @@ MEASURED_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("cpu_model", _STR),
     ("omp_num_threads", _STR),  # the environment variable as set, "" when unset
     ("allocator", _STR),
+    ("thread_pools", _STR),  # JSON: each BLAS/OpenMP pool threadpoolctl found, with its size
+    ("max_pool_threads", _INT),  # the largest of those pools' sizes
     ("requested_torch_threads", _INT),
     ("node", _STR),
     ("hostname", _STR),

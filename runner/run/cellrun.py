@@ -98,9 +98,13 @@ def run_cell(
     download: bool | None = None,
     checkpoints: CheckpointPolicy | None = None,
     pin_cores: int = 0,
+    max_cell_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train one cell and return {"status": "ok", "row": {...}} or a failure record, each with
     the `warnings` the driver should show (e.g. an ignored checkpoint).
+
+    With `max_cell_minutes`, the cell stops after the epoch in which its epochs have taken
+    that long (runner/results/stops.py); the budget is recorded in the row, not in the key.
 
     With `checkpoints`, the cell continues from its checkpoint if it has one, and saves one
     every `checkpoints.every` epochs. With `pin_cores` > 0, all its threads run on that many
@@ -117,7 +121,16 @@ def run_cell(
         with pinning as cores:
             if pin_cores and not cores:
                 warnings.append("no free core to pin this cell to: it ran unpinned")
-            row = _train_cell(cell, data_root, download, checkpoints, warnings, started, started_at)
+            row = _train_cell(
+                cell,
+                data_root,
+                download,
+                checkpoints,
+                warnings,
+                started,
+                started_at,
+                max_cell_minutes,
+            )
         row["pinned_cores"] = ",".join(map(str, cores))
         result = {"status": "ok", "row": row}
     except DatasetError as exc:
@@ -140,6 +153,7 @@ def _train_cell(
     warnings: list[str],
     started: float,
     started_at: str,
+    max_cell_minutes: float | None,
 ) -> dict[str, Any]:
     # Threads and seeds first, before anything is built or loaded.
     from runner.run.allocator import steady_allocator
@@ -213,6 +227,7 @@ def _train_cell(
         resume_state=resumed.state if resumed else None,
         on_checkpoint=checkpoints.save if checkpoints else None,
         checkpoint_every=policy.every if policy else 0,
+        time_budget_seconds=None if max_cell_minutes is None else 60.0 * max_cell_minutes,
     )
     threads = observe()  # after training: what the cell really ran with
     history = outcome.history
@@ -223,6 +238,7 @@ def _train_cell(
     def total(phase: str) -> float:
         return float(sum(h[f"{phase}_seconds"] for h in history))
 
+    full_epochs = outcome.full_epochs
     diverged = any(not math.isfinite(h["train_loss"]) for h in history)
     learning = verdict(outcome.test.confusion, diverged)
     row: dict[str, Any] = {"cell_key": cell.key, "status": "ok"}
@@ -235,8 +251,13 @@ def _train_cell(
             "val_accuracy": history[-1]["val_accuracy"],
             "best_val_accuracy": max(h["val_accuracy"] for h in history),
             "final_train_loss": history[-1]["train_loss"],
-            # The loss became NaN or infinite in some epoch (the cell still completes).
+            # The loss became NaN or infinite (in an epoch's mean: rows written before the
+            # divergence stop trained on to their last epoch).
             "diverged": diverged,
+            # "completed", "diverged" or "time_budget" (runner/results/stops.py)
+            "stop_reason": outcome.stop_reason,
+            "diverged_at_step": outcome.diverged_at_step,
+            "max_cell_minutes": max_cell_minutes,
             # "" learned; "chance" or "diverged": did not learn (runner/results/learning.py).
             "learning_flag": learning.flag,
             "chance_accuracy": learning.chance_accuracy,
@@ -246,10 +267,15 @@ def _train_cell(
             "approx_test_accuracy": (
                 outcome.approx_test.accuracy if outcome.approx_test is not None else None
             ),
-            "epochs_done": len(history),
+            "epochs_done": full_epochs,  # a diverged cell's cut-short epoch is not counted
             "steps": outcome.steps,
             "train_seconds": train_seconds,
-            "seconds_per_epoch": train_seconds / len(history),
+            # Over the epochs trained to their end (NaN if none was)
+            "seconds_per_epoch": (
+                sum(h["train_seconds"] for h in history[:full_epochs]) / full_epochs
+                if full_epochs
+                else math.nan
+            ),
             "data_seconds": total("data"),
             "forward_seconds": total("forward"),
             "backward_seconds": total("backward"),

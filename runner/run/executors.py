@@ -72,12 +72,14 @@ class SerialExecutor(Executor):
         torch_threads: int,
         checkpoints: CheckpointPolicy | None = None,
         pin_cores: int = 0,
+        max_cell_minutes: float | None = None,
     ):
         self._data_root = data_root
         self._download = download
         self._threads = torch_threads
         self._checkpoints = checkpoints
         self._pin_cores = pin_cores
+        self._max_cell_minutes = max_cell_minutes
         self._pending: dict[int, dict[str, Any]] = {}
         self._next = 0
 
@@ -99,6 +101,7 @@ class SerialExecutor(Executor):
                     self._download,
                     self._checkpoints,
                     pin_cores=self._pin_cores,
+                    max_cell_minutes=self._max_cell_minutes,
                 )
                 return [(handle, result)]
         return []
@@ -117,11 +120,19 @@ def _ray_entry(
     download: bool | None,
     checkpoints: CheckpointPolicy | None,
     pin_cores: int = 0,
+    max_cell_minutes: float | None = None,
 ) -> Result:
     """The Ray task body: import lazily so the worker pays for torch once per process."""
     from runner.run.cellrun import run_cell
 
-    return run_cell(payload, data_root, download, checkpoints, pin_cores=pin_cores)
+    return run_cell(
+        payload,
+        data_root,
+        download,
+        checkpoints,
+        pin_cores=pin_cores,
+        max_cell_minutes=max_cell_minutes,
+    )
 
 
 def _classify_ray_error(exc: BaseException) -> str:
@@ -221,6 +232,7 @@ class RayExecutor(Executor):
         self._download = download
         self._checkpoints = checkpoints
         self._pin_cores = pin_cores
+        self._max_cell_minutes = resources.max_cell_minutes
         runtime_env = {
             "env_vars": thread_env(resources.torch_threads),
             "worker_process_setup_hook": "runner.run.threads.worker_setup_hook",
@@ -302,7 +314,12 @@ class RayExecutor(Executor):
 
     def submit(self, payload: dict[str, Any]) -> Any:
         handle = self._remote.remote(
-            payload, self._data_root, self._download, self._checkpoints, self._pin_cores
+            payload,
+            self._data_root,
+            self._download,
+            self._checkpoints,
+            self._pin_cores,
+            self._max_cell_minutes,
         )
         self._payloads[handle] = payload
         return handle

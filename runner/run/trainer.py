@@ -7,6 +7,12 @@ update), upkeep (the method's own housekeeping, e.g. hash-table rebuilds) and ev
 of training time). The split
 is the same for every method, so the paper's feedforward / backprop comparison is fair here.
 
+Two things stop a cell early, each recorded as its `stop_reason`
+(runner/results/stops.py): a training loss that is NaN or infinite stops it at once, before
+that step's update (nothing recovers from it; the epoch it happened in is recorded as far as
+it got, with its `steps`), and an optional time budget stops it after the epoch that crosses
+it.
+
 The loop can hand out its complete state after an epoch (`LoopState`, for checkpoints) and
 continue from such a state bit for bit: model and optimizer through their `state_dict()`
 (a method keeps its sampling state there), the shuffling generator, the global generators,
@@ -28,6 +34,7 @@ import torch.nn.functional as F
 
 from methods.base import MethodModel, TrainSettings
 from runner.datasets.loading import Splits
+from runner.results.stops import COMPLETED, DIVERGED, TIME_BUDGET
 
 PHASES = ("data", "forward", "backward", "step", "upkeep")
 EVAL_BATCH = 2048  # evaluation batch: a speed choice only, it does not change any number
@@ -51,6 +58,13 @@ class TrainOutcome:
     # The network evaluated as it trains (`MethodModel.approx_log_probs`), if it differs.
     approx_test: Evaluation | None = None
     steps: int = 0
+    stop_reason: str = COMPLETED  # or DIVERGED, TIME_BUDGET (runner/results/stops.py)
+    diverged_at_step: int | None = None  # the step whose loss was not finite
+
+    @property
+    def full_epochs(self) -> int:
+        """Epochs trained to their end (a diverged cell's last epoch was cut short)."""
+        return len(self.history) - (self.stop_reason == DIVERGED)
 
 
 @dataclass
@@ -139,8 +153,11 @@ def train(
     resume_state: LoopState | None = None,
     on_checkpoint: Callable[[LoopState], None] | None = None,
     checkpoint_every: int = 0,
+    time_budget_seconds: float | None = None,
 ) -> TrainOutcome:
-    """Train for `epochs` epochs, or the epochs left after `resume_state`.
+    """Train for `epochs` epochs, or the epochs left after `resume_state`; stop early on a
+    loss that is not finite, or after the epoch in which the cell's epochs (training and
+    evaluation, those before a resume included) have taken `time_budget_seconds`.
 
     `on_checkpoint` is called with the loop's state after every `checkpoint_every`-th epoch
     (never after the last: the cell is about to finish)."""
@@ -171,6 +188,7 @@ def train(
         t_data = t_fwd = t_bwd = t_step = t_upkeep = 0.0
         loss_sum = 0.0
         batches = 0
+        diverged = False
 
         t0 = perf_counter()
         order = torch.randperm(n, generator=shuffle_generator)
@@ -191,7 +209,18 @@ def train(
                 xb, yb = xs[start : start + b], ys[start : start + b]
                 t1 = perf_counter()
                 loss = F.nll_loss(model(xb), yb)
+                loss_value = loss.item()
                 t2 = perf_counter()
+                if not math.isfinite(loss_value):
+                    # Nothing recovers from this: stop before the update (the weights stay
+                    # those of the last finite step). This batch counts in the epoch's loss.
+                    t_data += t1 - t0
+                    t_fwd += t2 - t1
+                    loss_sum += loss_value
+                    batches += 1
+                    diverged = True
+                    outcome.diverged_at_step = step + 1
+                    break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 t3 = perf_counter()
@@ -206,8 +235,10 @@ def train(
                 t_bwd += t3 - t2
                 t_step += t4 - t3
                 t_upkeep += t5 - t4
-                loss_sum += loss.item()
+                loss_sum += loss_value
                 batches += 1
+            if diverged:
+                break
 
         t0 = perf_counter()
         model.end_epoch()
@@ -232,6 +263,7 @@ def train(
         train_loss = loss_sum / max(batches, 1)
         record: dict[str, Any] = {
             "epoch": epoch,
+            "steps": batches - diverged,  # updates made (fewer in an epoch cut short)
             "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
             "val_accuracy": val.accuracy,
             "val_loss": val.loss,
@@ -248,6 +280,13 @@ def train(
         outcome.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+        if diverged:
+            outcome.stop_reason = DIVERGED
+            break
+        spent = sum(h["train_seconds"] + h["eval_seconds"] for h in outcome.history)
+        if time_budget_seconds is not None and spent >= time_budget_seconds and epoch < epochs:
+            outcome.stop_reason = TIME_BUDGET
+            break
         if on_checkpoint and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
             on_checkpoint(
                 LoopState(
