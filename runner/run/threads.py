@@ -2,14 +2,17 @@
 
 Ray's num_cpus is admission control only, and its workers are reused across tasks: a torch
 that first ran in a 2-CPU task keeps 2 threads for the next 1-CPU task (Ray issue 35937).
-So the thread count is enforced three ways (environment variables for every BLAS/OpenMP
-library, a worker set-up hook, and `torch.set_num_threads` at the top of each cell) and then
-observed from inside the cell and recorded with its result, so the claim "one constrained
-CPU" is checked rather than assumed.
+So the thread count is enforced four ways (environment variables for every BLAS/OpenMP
+library, a worker set-up hook, `torch.set_num_threads` at the top of each cell, and
+threadpoolctl's limit on every BLAS and OpenMP pool loaded in the process, numpy's OpenBLAS
+included, which the variables reach only before the library loads) and then observed from
+inside the cell and recorded with its result (each pool threadpoolctl finds, with its size),
+so the claim "one constrained CPU" is checked rather than assumed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from typing import Any
@@ -45,6 +48,11 @@ def apply_threads(threads: int) -> None:
             torch.set_num_interop_threads(threads)
     except RuntimeError:
         pass
+    # The pools loaded now (numpy's BLAS, torch's OpenMP); set again per cell, as a reused
+    # worker may have run a cell with another count.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
 
 
 def worker_setup_hook() -> None:
@@ -67,12 +75,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def thread_pools() -> list[dict[str, Any]]:
+    """Every BLAS and OpenMP pool loaded in this process, as threadpoolctl reports it."""
+    from threadpoolctl import threadpool_info
+
+    keep = ("user_api", "internal_api", "prefix", "version", "num_threads")
+    pools = [{k: info.get(k) for k in keep} for info in threadpool_info()]
+    return sorted(pools, key=lambda p: (str(p["user_api"]), str(p["prefix"])))
+
+
 def observe() -> dict[str, Any]:
     """What this process really computes with, for the result row."""
     import torch
 
     from runner.run.allocator import current
 
+    pools = thread_pools()
     try:
         os_threads = len(os.listdir("/proc/self/task"))
     except OSError:
@@ -89,4 +107,7 @@ def observe() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
         "allocator": current(),
+        # [{"user_api": "blas", "internal_api": "openblas", "num_threads": 1, ...}, ...]
+        "thread_pools": json.dumps(pools, sort_keys=True),
+        "max_pool_threads": max((int(p["num_threads"] or 0) for p in pools), default=0),
     }
