@@ -11,6 +11,8 @@ The public surface, re-exported here (lazily, PEP 562: `methods.registry` import
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _EXPORTS = {
@@ -39,9 +41,11 @@ _EXPORTS = {
             "overview",
             "report",
             "export",
+            "verify",
             "Plan",
             "SweepResult",
             "FolderStatus",
+            "VerifyReport",
         )
     },
 }
@@ -53,3 +57,30 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'runner' has no attribute {name!r}")
+
+
+class _API(types.ModuleType):
+    """`runner.report` and `runner.export` are API functions and also subpackages. Importing
+    a subpackage sets it as an attribute of its parent, which would hide the function from
+    then on (`runner.report(...)`: "'module' object is not callable"); these two names stay
+    the functions. The subpackages are imported by name as always (`from runner.report
+    import build`): the import system finds them in sys.modules, not here."""
+
+    @property
+    def report(self) -> Any:
+        return __getattr__("report")
+
+    @report.setter
+    def report(self, value: Any) -> None:
+        pass  # the import system setting the subpackage: keep the function
+
+    @property
+    def export(self) -> Any:
+        return __getattr__("export")
+
+    @export.setter
+    def export(self, value: Any) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _API

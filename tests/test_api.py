@@ -113,3 +113,13 @@ def test_the_command_line_and_the_api_fill_the_same_folder(
     out = capsys.readouterr().out
     assert "4 cells: 4 done, 0 failed, 0 to run" in out and "Nothing to run." in out
     assert len(first.finished) == 4
+
+
+def test_report_and_export_stay_functions_after_their_subpackages_are_imported() -> None:
+    """`runner.report` and `runner.export` are also subpackages, whose import would set them
+    as attributes of `runner` and hide the functions ("'module' object is not callable")."""
+    import runner.export.collect
+    import runner.report.build
+
+    assert callable(runner.report) and callable(runner.export)
+    assert runner.report.__module__ == runner.export.__module__ == "runner.api.folders"

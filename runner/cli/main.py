@@ -1,7 +1,7 @@
 """`python -m runner`: the argument parser and the entry point. Each verb is one call into the
 Python API (runner.api) or a library module, rendered by the verbs' modules:
-sweep_verbs (submit, slurm, plan), folder_verbs (status, report, export), data_verbs and
-bench_verbs. This package is the only one that prints.
+sweep_verbs (submit, slurm, plan), folder_verbs (status, report, export), verify_verb,
+data_verbs and bench_verbs. This package is the only one that prints.
 
 Exit codes: 0 all good; 1 some cells failed; 2 a problem for the user to fix (bad job file,
 missing data, unusable results folder, Ray unreachable); 130 interrupted (resumable).
@@ -21,6 +21,7 @@ from runner.cli.data_verbs import cmd_data_list, cmd_data_prepare
 from runner.cli.folder_verbs import cmd_export, cmd_report, cmd_status
 from runner.cli.output import console, err_console, resume_command
 from runner.cli.sweep_verbs import cmd_plan, cmd_slurm, cmd_submit
+from runner.cli.verify_verb import cmd_verify
 from runner.errors import CpusweepError
 
 __all__ = ["build_parser", "console", "main"]
@@ -44,6 +45,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def add_selection_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="PARAM=V[,V]",
+        help="only the job's cells with one of these values (repeatable), e.g. method=standard",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="PARAM=VALUE",
+        help="this value for every cell, as new cells (repeatable), e.g. epochs=1",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ray (default) or serial: the same cells, in this process",
     )
     p.add_argument("--retry-failed", action="store_true", help="re-run cells that failed")
+    p.add_argument(
+        "--rerun-stopped",
+        action="store_true",
+        help="re-run cells a time budget (max_cell_minutes) stopped, under the budget now",
+    )
+    add_selection_arguments(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser(
@@ -122,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cpus", type=_positive_int, help="CPUs the sweep will have (default: this machine's)"
     )
+    add_selection_arguments(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
@@ -142,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="put the paper's published numbers beside ours, with the difference",
     )
+    p.add_argument(
+        "--include-stopped",
+        action="store_true",
+        help="count cells that stopped early (diverged, time budget) in the means",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
@@ -158,6 +186,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment (default: the job's name)")
     p.add_argument("--out", help="TensorBoard log folder (default: RESULTS_DIR/tensorboard)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "verify",
+        help="re-run finished cells and compare them with their rows, bit for bit",
+        parents=[common],
+    )
+    p.add_argument("results_dir")
+    p.add_argument(
+        "--sample",
+        type=_positive_int,
+        help="re-run this many cells, chosen at random (default: all)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the --sample choice (default 0)")
+    p.add_argument(
+        "--executor",
+        choices=("ray", "serial"),
+        default="ray",
+        help="ray (default) or serial: the same cells, in this process",
+    )
+    p.add_argument("--cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    p.add_argument(
+        "--address", help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)"
+    )
+    p.add_argument(
+        "--data-root",
+        help="dataset folder (default: $CPUSWEEP_DATA_ROOT, else ~/.cache/cpusweep/data)",
+    )
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
         "bench", help="time each method against a plain PyTorch loop", parents=[common]
