@@ -88,11 +88,30 @@ class Optimizer(Protocol):
 
 
 def make_dense_optimizer(params: Any, settings: TrainSettings) -> torch.optim.Optimizer:
+    """torch's fastest correct CPU update for a dense step (measured, docs/performance.md):
+    Adam's fused kernel (about 3x torch's default for-loop Adam at batch 1, and the kernel the
+    lazy sparse Adam of methods/sparse.py calls; equal to the for-loop up to rounding); SGD's
+    default in-place update, which its foreach and fused variants equal bit for bit and do
+    not beat."""
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
     if settings.optimizer == "adam":
-        return torch.optim.Adam(params, lr=settings.lr)
+        return torch.optim.Adam(params, lr=settings.lr, fused=True)
     raise ValueError(f"unknown optimizer {settings.optimizer!r}")
+
+
+def optimizer_implementation(optimizer: Any) -> str:
+    """Which implementation of its update an optimizer runs, for the result row: e.g.
+    "adam:fused", "sgd:for-loop", a method's own ("adam:lazy-fused"), "+"-joined for a
+    composite one (the CNN's backbone and head)."""
+    own = getattr(optimizer, "implementation", None)
+    if callable(own):
+        return str(own())
+    if isinstance(optimizer, torch.optim.Optimizer):
+        d = optimizer.defaults
+        kind = "fused" if d.get("fused") else "foreach" if d.get("foreach") else "for-loop"
+        return f"{type(optimizer).__name__.lower()}:{kind}"
+    return type(optimizer).__name__
 
 
 class MethodModel(nn.Module):

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from methods.base import Architecture, MethodModel, Optimizer, TrainSettings, make_dense_optimizer
+from methods.base import (
+    Architecture,
+    MethodModel,
+    Optimizer,
+    TrainSettings,
+    make_dense_optimizer,
+    optimizer_implementation,
+)
 
 FEATURES = 512  # ResNet-18's final channel count
 
@@ -105,6 +112,9 @@ class OptimizerPair:
     def step(self) -> None:
         self.backbone.step()
         self.head.step()
+
+    def implementation(self) -> str:
+        return "+".join(map(optimizer_implementation, (self.backbone, self.head)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"backbone": self.backbone.state_dict(), "head": self.head.state_dict()}

@@ -55,6 +55,7 @@ from methods.base import (
     TrainSettings,
     linear_layers,
     make_dense_optimizer,
+    optimizer_implementation,
 )
 
 PRODUCTS = ("forward", "grad_input", "grad_weight")
@@ -471,6 +472,9 @@ class NormTrackingSGD:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.sgd.zero_grad(set_to_none=set_to_none)
+
+    def implementation(self) -> str:
+        return optimizer_implementation(self.sgd) + "+tracked-norms"
 
     def step(self) -> None:
         self.sgd.step()

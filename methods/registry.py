@@ -29,13 +29,15 @@ METHODS: dict[str, MethodInfo] = {
     for info in [
         MethodInfo(
             name="standard",
-            version=1,
+            # 2: Adam's fused kernel (methods/base.py; equal to the for-loop up to rounding).
+            version=2,
             summary="Exact training of a ReLU MLP (paper §4.1); the yardstick for every ratio.",
             module="methods.standard",
         ),
         MethodInfo(
             name="dropout",
-            version=1,
+            # 2: the CNN backbone's Adam is the fused kernel (methods/base.py).
+            version=2,
             summary="Dropout (Srivastava et al. 2014), computing only the kept units (§5.1).",
             module="methods.dropout",
             params=(
@@ -62,7 +64,8 @@ METHODS: dict[str, MethodInfo] = {
         ),
         MethodInfo(
             name="adaptive_dropout",
-            version=1,
+            # 2: Adam's fused kernel (methods/base.py).
+            version=2,
             summary="Standout (Ba & Frey 2013): keep probability sigmoid(alpha z + beta) "
             "from each unit's own pre-activation (§5.1).",
             module="methods.adaptive_dropout",
@@ -81,7 +84,8 @@ METHODS: dict[str, MethodInfo] = {
             name="mc_approx",
             # 2: sample_ratio 0.1 by default (paper §10.2); CNN forward mode recalibrates
             # batch norm with exact passes before evaluating.
-            version=2,
+            # 3: Adam's fused kernel (methods/base.py).
+            version=3,
             summary="Bernoulli column-row sampling of matrix products (Adelman et al. 2021; "
             "§6.2, Eq. 8).",
             module="methods.mc_approx",
@@ -138,7 +142,8 @@ METHODS: dict[str, MethodInfo] = {
             # schedule counts from the latest rebuild; `rebuild_unit`.
             # 3: `hash_bias`, `active_size` and `batch_sets`, with new defaults (the bias out
             # of the hash, exactly 5% per example, each example its own set).
-            version=3,
+            # 4: the CNN backbone's Adam is the fused kernel (methods/base.py).
+            version=4,
             summary="Asymmetric-LSH active-node selection (Spring & Shrivastava 2017; §5.2).",
             module="methods.alsh_approx",
             params=(

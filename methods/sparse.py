@@ -291,6 +291,12 @@ class LazyOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Gradients live on the per-step blocks, which the next forward replaces."""
 
+    def implementation(self) -> str:
+        """The update over the step's blocks: Adam's fused kernel where torch has it."""
+        if self.kind == "adam":
+            return "adam:lazy-fused" if hasattr(torch, "_fused_adam_") else "adam:lazy-foreach"
+        return f"{self.kind}:lazy-foreach"
+
     @torch.no_grad()
     def step(self) -> None:
         self.step_count += 1

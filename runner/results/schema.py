@@ -86,6 +86,7 @@ MEASURED_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("max_cell_minutes", _FLOAT),  # the time budget the cell ran under; null: none
     ("epochs_done", _INT),
     ("steps", _INT),
+    ("optimizer_implementation", _STR),  # e.g. "adam:fused", "sgd:for-loop", "adam:lazy-fused"
     ("train_seconds", _FLOAT),
     ("seconds_per_epoch", _FLOAT),
     ("data_seconds", _FLOAT),

@@ -269,6 +269,7 @@ def _train_cell(
             ),
             "epochs_done": full_epochs,  # a diverged cell's cut-short epoch is not counted
             "steps": outcome.steps,
+            "optimizer_implementation": outcome.optimizer_implementation,
             "train_seconds": train_seconds,
             # Over the epochs trained to their end (NaN if none was)
             "seconds_per_epoch": (

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from methods.base import MethodModel, TrainSettings
+from methods.base import MethodModel, TrainSettings, optimizer_implementation
 from runner.datasets.loading import Splits
 from runner.results.stops import COMPLETED, DIVERGED, TIME_BUDGET
 
@@ -60,6 +60,7 @@ class TrainOutcome:
     steps: int = 0
     stop_reason: str = COMPLETED  # or DIVERGED, TIME_BUDGET (runner/results/stops.py)
     diverged_at_step: int | None = None  # the step whose loss was not finite
+    optimizer_implementation: str = ""  # e.g. "adam:fused" (methods/base.py)
 
     @property
     def full_epochs(self) -> int:
@@ -168,7 +169,7 @@ def train(
     probe_x = splits.x_val[:PROBE_SIZE]
     calibration_x = x_train[:CALIBRATION_SIZE]
     optimizer = model.make_optimizer(settings)
-    outcome = TrainOutcome()
+    outcome = TrainOutcome(optimizer_implementation=optimizer_implementation(optimizer))
     cumulative = 0.0
     step = examples_seen = 0
     first_epoch = 1
