@@ -15,6 +15,7 @@ The targets the project holds itself to are checked and printed with the results
 
 from __future__ import annotations
 
+import itertools
 import logging
 import platform
 import statistics
@@ -41,6 +42,10 @@ TARGETS: dict[tuple[str, int, int | None], tuple[str, float]] = {
     ("mc_approx", 1, None): ("standard", 1.10),
 }
 DATA_SHARE_TARGET = 0.05  # data handling, as a share of a batch-1 epoch
+# Methods that compute every product of the dense network (none skips units): their epoch has
+# a floor, its minimum floating-point operations at the machine's matrix-multiply rate.
+DENSE_METHODS = ("standard", "adaptive_dropout", "mc_approx")
+BOUND_TARGETS = {("standard", 20): 1.4}  # epoch / matmul-rate floor, at most
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,35 @@ def method_epoch(
     )
 
 
+def matmul_rate(seconds: float = 0.5, size: int = 1024) -> float:
+    """This machine's single-thread float32 matrix-multiply rate, FLOP/s: the median of
+    timed (size x size) @ (size x size) products (large enough for the BLAS's peak kernel),
+    after one warm-up product, on the thread count every cell uses."""
+    import torch
+
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+    b = torch.randn(size, size, generator=torch.Generator().manual_seed(1))
+    out = torch.empty(size, size)
+    torch.mm(a, b, out=out)
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 5 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2.0 * size**3 / statistics.median(times)
+
+
+def epoch_min_flops(features: int, width: int, depth: int, classes: int, examples: int) -> float:
+    """The floating-point operations a dense MLP epoch cannot do without: per example and
+    layer, the forward product and the weight gradient (2 in*out each), and the input gradient
+    of every layer but the first (whose input needs none). Activations, the loss and the
+    update are left out: a lower bound."""
+    dims = [features] + [width] * depth + [classes]
+    products = [a * b for a, b in itertools.pairwise(dims)]
+    return float(examples) * (4.0 * sum(products) + 2.0 * sum(products[1:]))
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -290,6 +324,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     apply_threads(1)
     steady_allocator()  # as in every cell: both sides of each ratio alike
     say = progress or (lambda message: log.info("%s", message))
+    say("measuring the machine's matrix-multiply rate")
+    rate = matmul_rate()
     records: list[Record] = []
     for batch_size in config.batch_sizes:
         examples = config.examples(batch_size)
@@ -375,6 +411,20 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 used = [work_shares(t.stats, config.width, depth) for t in mine]
                 record.extra["active_share"] = _median([u[0] for u in used])
                 record.extra["computed_share"] = _median([u[1] for u in used])
+                record.extra["matmul_gflops"] = rate / 1e9
+                if method in DENSE_METHODS:
+                    floor = (
+                        epoch_min_flops(
+                            config.features, config.width, depth, config.classes, examples
+                        )
+                        / rate
+                    )
+                    record.extra["bound_seconds"] = floor
+                    record.extra["ratio_to_bound"] = seconds / floor
+                    limit = BOUND_TARGETS.get((method, batch_size))
+                    if limit is not None:
+                        record.extra["bound_target"] = f"<= {limit:.1f}x the matmul floor"
+                        record.extra["bound_target_met"] = seconds / floor <= limit
                 records.append(record)
     return records
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.bench import BenchConfig, run_bench
+from runner.bench import BenchConfig, epoch_min_flops, run_bench
 from runner.cli.main import main
 
 REQUIRED = (
@@ -54,6 +54,23 @@ def test_bench_records_every_case_with_ratios_and_targets() -> None:
     # Plain loop, STANDARD with Adam (ALSH's same-optimizer yardstick), and the methods,
     # each timed every repeat, half of them in reverse order.
     assert sum("plain" in s for s in seen) == 2 * 2 * 2  # 2 optimizers x 2 batch x 2 repeats
+    # Dense methods against the machine's matrix-multiply floor; the sparse ones skip units.
+    for (method, _batch), r in by.items():
+        assert ("ratio_to_bound" in r.extra) == (method == "standard")
+        assert r.extra["matmul_gflops"] > 0
+    standard = by[("standard", 20)]
+    floor = epoch_min_flops(784, 32, 1, 10, 200) / (standard.extra["matmul_gflops"] * 1e9)
+    assert standard.extra["bound_seconds"] == pytest.approx(floor)
+    assert standard.extra["ratio_to_bound"] == pytest.approx(standard.seconds / floor)
+    assert standard.extra["bound_target"] == "<= 1.4x the matmul floor"
+
+
+def test_the_flops_floor_counts_each_product_of_a_step_once() -> None:
+    """A 4-3-2 MLP: forward and weight gradient of both layers (2 x 2 x (12 + 6)), the input
+    gradient of the second layer only (2 x 6): 84 per example. Counting the first layer's
+    input gradient (108), or a product once instead of twice (42), fails."""
+    assert epoch_min_flops(4, 3, 1, 2, examples=10) == 840.0
+    assert epoch_min_flops(4, 3, 2, 2, examples=1) == 4 * (12 + 9 + 6) + 2 * (9 + 6)
 
 
 def test_bench_cli_writes_the_json_records(tmp_path: Path) -> None:

@@ -112,6 +112,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "upkeep",
         "active",
         "computed",
+        "x floor",
         "target",
     ):
         table.add_column(column, justify="left" if column in ("method", "opt") else "right")
@@ -122,6 +123,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if r.target_met is None
             else ("[green]✓ " if r.target_met else "[red]✗ ") + r.target + "[/]"
         )
+        if "bound_target_met" in r.extra:
+            met = r.extra["bound_target_met"]
+            verdict += (" " if verdict else "") + (
+                ("[green]✓ " if met else "[red]✗ ") + r.extra["bound_target"] + "[/]"
+            )
+        floor = r.extra.get("ratio_to_bound")
         table.add_row(
             r.method,
             str(r.batch_size),
@@ -135,13 +142,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
             *(f"{100 * share[p]:.1f}%" for p in ("data", "forward", "backward", "step", "upkeep")),
             f"{100 * r.extra['active_share']:.1f}%",
             f"{100 * r.extra['computed_share']:.1f}%",
+            "" if floor is None else f"{floor:.2f}",
             verdict,
         )
     console.print(table)
     console.print(
         "active: share of each hidden layer's units an example uses (pairs kept for "
         "MC-APPROX's sampled products); computed: units a step computes (the batch's union for "
-        "ALSH-APPROX and dropout); medians over repeats, means over hidden layers"
+        "ALSH-APPROX and dropout); medians over repeats, means over hidden layers; x floor: "
+        "the epoch against its minimum FLOPs (forward, weight and input gradients) at this "
+        f"machine's measured single-thread matrix-multiply rate, "
+        f"{records[0].extra['matmul_gflops']:.1f} GFLOP/s"
+        if records
+        else ""
     )
     if args.json:
         payload = {
