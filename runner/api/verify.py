@@ -27,6 +27,7 @@ from runner.api.events import CellStarted, SweepWarning, Tick
 from runner.errors import CpusweepError, ResultsError
 from runner.job.cells import Cell
 from runner.results.compare import Difference, differences, parameter_differences
+from runner.results.stops import TIME_BUDGET
 from runner.results.store import ResultsStore
 from runner.run.executors import Executor
 
@@ -38,7 +39,6 @@ PathLike = str | os.PathLike[str]
 CODE_FIELDS = ("trainer_sha256", "method_sha256", "git_commit")
 # Where it ran: torch picks its kernels by CPU, so another CPU or torch may change float bits.
 ENVIRONMENT_FIELDS = ("cpu_model", "torch_version")
-TIME_BUDGET = "time_budget"
 
 
 @dataclass(frozen=True)
@@ -357,7 +357,7 @@ def _executor(
 ) -> Executor:
     """The executor `submit` would use for the folder's job (its resources and pinning;
     defaults where the job file does not expand), without checkpoints."""
-    from dataclasses import fields, replace
+    from dataclasses import replace
 
     from runner.job.spec import Resources, parse_spec
     from runner.run.executors import RayExecutor, SerialExecutor
@@ -370,9 +370,8 @@ def _executor(
             resources = parse_spec(text, str(store.root / "job.toml")).resources
     except CpusweepError:
         pass
-    if any(f.name == "max_cell_minutes" for f in fields(resources)):
-        # A time budget is the machine's, not the cell's: a re-run runs to its epoch instead.
-        resources = replace(resources, max_cell_minutes=None)
+    # A time budget is the machine's, not the cell's: a re-run runs to its epoch instead.
+    resources = replace(resources, max_cell_minutes=None)
     pin = math.ceil(resources.cpus_per_cell) if resources.pin_cores else 0
     if name == "serial":
         return SerialExecutor(data_root, download, resources.torch_threads, None, pin_cores=pin)
