@@ -291,3 +291,109 @@ def test_labels_tell_apart_cells_that_differ_only_in_a_grid_axis(fake_methods: N
     back = Cell.from_payload(cells[0].to_payload())
     assert back.label() == labels[0] and back == cells[0]
     assert cells_of(BASE)[1].label() == "standard/digits d3 b1 s0"  # depth is in the base
+
+
+# --- what the mutation run (docs/testing.md) found untested here ------------------------------
+
+
+def test_key_of_a_train_limit_cell_is_frozen_and_carries_the_subset_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`train_limit` cells carry TRAIN_LIMIT_VERSION in their key (and only they do): a
+    change of what the limit selects re-runs them, and nothing else."""
+    import runner.job.cells
+
+    info = METHODS["standard"]  # held at the version the values were taken with
+    monkeypatch.setitem(
+        METHODS,
+        "standard",
+        MethodInfo(name=info.name, version=1, summary=info.summary, module=info.module),
+    )
+    limited = BASE.replace("[params]", "[params]\ntrain_limit = 400")
+    assert keys(limited)[(1, 0)] == "bff97c9a94ab844f"  # changes only with a migration
+    monkeypatch.setattr(runner.job.cells, "TRAIN_LIMIT_VERSION", 99)
+    assert keys(limited)[(1, 0)] != "bff97c9a94ab844f"
+    assert keys(BASE)[(1, 0)] == GOLDEN_KEY
+
+
+def test_an_old_payload_without_shown_axes_still_loads() -> None:
+    cell = cells_of(BASE)[0]
+    payload = cell.to_payload()
+    del payload["shown"]
+    assert Cell.from_payload(payload) == cell and Cell.from_payload(payload).shown == ()
+
+
+def test_a_nan_never_enters_a_key() -> None:
+    from runner.job.cells import canonical_json
+
+    with pytest.raises(ValueError):
+        canonical_json({"lr": float("nan")})
+
+
+def test_other_methods_hyperparameters_stay_out_of_a_cell(fake_methods: None) -> None:
+    cells = cells_of("""
+        name = "g"
+        [grid]
+        method = ["standard", "sampler"]
+        [params]
+        dataset = "digits"
+        [methods.dropper]
+        keep = 0.5
+        [methods.sampler]
+        k = 4
+    """)
+    by_method = {c.method: c.values for c in cells}
+    assert not [k for k in by_method["standard"] if "." in k]
+    assert {k for k in by_method["sampler"] if "." in k} == {"sampler.k", "sampler.mode"}
+    assert by_method["sampler"]["sampler.k"] == 4
+
+
+def test_an_excluded_or_merged_method_axis_value_leaves_the_others(fake_methods: None) -> None:
+    expansion = expand(
+        parse_spec(
+            textwrap.dedent("""
+        name = "g"
+        [grid]
+        seed = [0, 1]
+        [grid.sampler]
+        k = [1, 2, 3, 4]
+        [params]
+        method = "sampler"
+        dataset = "digits"
+        [[exclude]]
+        "sampler.k" = 1
+        [[override]]
+        where = { "sampler.k" = 2 }
+        set = { sampler = { k = 3 } }
+    """),
+            "job.toml",
+        )
+    )
+    got = [(c.values["seed"], c.values["sampler.k"]) for c in expansion.cells]
+    assert got == [(0, 3), (0, 4), (1, 3), (1, 4)]
+    assert "2 cells were identical to others after overrides; each is run once" in (
+        expansion.warnings
+    )
+
+
+def test_warnings_for_method_tables_no_cell_uses_and_an_empty_job(fake_methods: None) -> None:
+    expansion = expand(
+        parse_spec(
+            textwrap.dedent("""
+        name = "g"
+        [params]
+        method = "standard"
+        dataset = "digits"
+        [methods.dropper]
+        keep = 0.5
+        [[exclude]]
+        method = "standard"
+    """),
+            "job.toml",
+        )
+    )
+    assert expansion.cells == []
+    assert expansion.warnings == [
+        "methods.dropper.keep: no cell uses method 'dropper'",
+        "the job has no cells (every combination was excluded)",
+    ]
