@@ -239,6 +239,11 @@ def test_quarantine_moves_a_file_aside_whole(tmp_path: Path) -> None:
     [moved] = store.quarantine([bad])
     assert moved.parent == store.root / "quarantine" and moved.name.startswith("bad.parquet.")
     assert moved.read_bytes() == b"not parquet" and not bad.exists()
+    # A second damaged file later goes into the same quarantine folder, beside the first.
+    bad.write_bytes(b"damaged again")
+    [again] = store.quarantine([bad])
+    assert again.parent == moved.parent and again != moved and moved.exists()
+    assert again.read_bytes() == b"damaged again"
     with pytest.raises(ResultsError, match="quarantine"):
         store.quarantine([store.cells_dir / "gone.parquet"])
 
