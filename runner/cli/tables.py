@@ -103,7 +103,12 @@ def overview_table(overview: pd.DataFrame) -> Table:
                 cells.append("")
                 continue
             flag = summary_flag(row)
-            text = f"{row['test_accuracy']:.4f} · {row['seconds_per_epoch']:.3g} s"
+            accuracy, seconds = row["test_accuracy"], row["seconds_per_epoch"]
+            text = (
+                "-"  # every seed stopped early: nothing counts in the means (the flag says why)
+                if accuracy != accuracy
+                else f"{accuracy:.4f} · " + ("-" if seconds != seconds else f"{seconds:.3g} s")
+            )
             cells.append(f"{text} [yellow]{flag}[/]" if flag else text)
         table.add_row(f"{group_name(dataset, arch)} {label}", *cells)
     return table
