@@ -15,7 +15,6 @@ The targets the project holds itself to are checked and printed with the results
 
 from __future__ import annotations
 
-import itertools
 import logging
 import platform
 import statistics
@@ -26,6 +25,7 @@ from typing import Any
 
 from runner.report.active_sets import work_shares
 from runner.report.published import paper_optimizer
+from runner.run.floor import epoch_min_flops, matmul_rate
 
 log = logging.getLogger("cpusweep")
 
@@ -272,35 +272,6 @@ def method_epoch(
     )
 
 
-def matmul_rate(seconds: float = 0.5, size: int = 1024) -> float:
-    """This machine's single-thread float32 matrix-multiply rate, FLOP/s: the median of
-    timed (size x size) @ (size x size) products (large enough for the BLAS's peak kernel),
-    after one warm-up product, on the thread count every cell uses."""
-    import torch
-
-    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
-    b = torch.randn(size, size, generator=torch.Generator().manual_seed(1))
-    out = torch.empty(size, size)
-    torch.mm(a, b, out=out)
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < 5 or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times)
-
-
-def epoch_min_flops(features: int, width: int, depth: int, classes: int, examples: int) -> float:
-    """The floating-point operations a dense MLP epoch cannot do without: per example and
-    layer, the forward product and the weight gradient (2 in*out each), and the input gradient
-    of every layer but the first (whose input needs none). Activations, the loss and the
-    update are left out: a lower bound."""
-    dims = [features] + [width] * depth + [classes]
-    products = [a * b for a, b in itertools.pairwise(dims)]
-    return float(examples) * (4.0 * sum(products) + 2.0 * sum(products[1:]))
-
-
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -421,10 +392,10 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     )
                     record.extra["bound_seconds"] = floor
                     record.extra["ratio_to_bound"] = seconds / floor
-                    limit = BOUND_TARGETS.get((method, batch_size))
-                    if limit is not None:
-                        record.extra["bound_target"] = f"<= {limit:.1f}x the matmul floor"
-                        record.extra["bound_target_met"] = seconds / floor <= limit
+                    at_most = BOUND_TARGETS.get((method, batch_size))
+                    if at_most is not None:
+                        record.extra["bound_target"] = f"<= {at_most:.1f}x the matmul floor"
+                        record.extra["bound_target_met"] = seconds / floor <= at_most
                 records.append(record)
     return records
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.bench import BenchConfig, epoch_min_flops, run_bench
+from runner.bench import BenchConfig, run_bench
 from runner.cli.main import main
+from runner.run.floor import epoch_min_flops
 
 REQUIRED = (
     "method",
