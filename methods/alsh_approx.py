@@ -48,6 +48,11 @@ on the input, near 1 when every input picks the same units) besides the Theorem 
 `val_accuracy`, evaluate the exact network), so "did not learn" and "trained and evaluated
 differently" can be told apart.
 
+Speed (no effect on what is computed beyond float rounding): the hash queries and active-set
+choices are compiled (methods/alsh_select.py), and so is a whole batch-1 training step
+(methods/sparse_compiled.py), whose rows record `optimizer_implementation = adam:lazy-compiled`;
+mini-batches run through torch on the gathered union (methods/sparse.py).
+
 Published pitfalls avoided (methods.md): one forward pass per step, compute on active units
 only (not a masked dense matmul), hashing randomness seeded, any batch size, and an optimizer
 step that touches only active rows.
@@ -63,8 +68,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from methods import alsh_select, sparse_kernels
+from methods.alsh_select import bucket_codes, hash_and_choose, seed_state
 from methods.base import Architecture, MethodModel
 from methods.sparse import ActiveUnits, SparseMLP
+
+_NO_UNITS = np.empty(0, dtype=np.int64)  # "every input" for the compiled kernels
 
 
 def transform_p(weight: torch.Tensor, bias: torch.Tensor | None, m: int, U: float) -> torch.Tensor:
@@ -117,8 +126,9 @@ class LayerTables:
     def refresh_constants(self) -> None:
         """The parts of every query that do not depend on it (after `planes` changes)."""
         # (K*L,): the query's constant 1 (appended bias) and Q's m halves.
-        self._bias_row = self._planes[self.fan_in] if self.hash_bias else 0.0
-        self._tail = 0.5 * self._planes[self.width :].sum(axis=0)
+        bias_row = self._planes[self.fan_in] if self.hash_bias else np.zeros(self.K * self.L)
+        self._bias_row = np.ascontiguousarray(bias_row, dtype=np.float32)
+        self._tail = (0.5 * self._planes[self.width :].sum(axis=0)).astype(np.float32)
 
     def signatures(self, bits: np.ndarray) -> np.ndarray:
         """(N, K*L) booleans -> (N, L) bucket numbers."""
@@ -150,15 +160,47 @@ class LayerTables:
             counts = np.bincount(codes[:, t], minlength=2**self.K)
             self.offsets[t, 1:] = np.cumsum(counts)
 
-    def query(self, h: torch.Tensor, prev: torch.Tensor | None) -> np.ndarray:
+    def query(self, h: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
         """Bucket numbers (B, L) of the batch's inputs h (B, |prev|) to this layer, whose
         other inputs (units outside prev) are 0: Q(a) (or Q([a; 1])) hashed on prev's rows."""
-        a = h.numpy()
-        planes = self._planes[: self.fan_in] if prev is None else self._planes[prev.numpy()]
-        dots = a @ planes + self._bias_row  # (B, |prev|) @ (|prev|, K*L): Q's a (or [a; 1])
-        sq = np.einsum("ij,ij->i", a, a) + float(self.hash_bias)  # |a|^2 or |[a; 1]|^2
-        norm = np.sqrt(np.maximum(sq, np.finfo(a.dtype).tiny))[:, None]
-        return self.signatures(dots / norm + self._tail > 0)
+        codes = np.empty((len(h), self.L), dtype=np.int64)
+        bucket_codes(
+            np.ascontiguousarray(h, dtype=np.float32),
+            _NO_UNITS if prev is None else prev,
+            self._planes,
+            self._bias_row,
+            self._tail,
+            self.K,
+            self.L,
+            self.hash_bias,
+            codes,
+        )
+        return codes
+
+    def choose(
+        self,
+        h: np.ndarray,
+        prev: np.ndarray | None,
+        target: int,
+        exact: bool,
+        rng: np.ndarray,
+        ever: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every example's active units for inputs h (B, |prev|), from its buckets (see
+        ALSHApprox): example b's (sorted) are units[ptr[b]:ptr[b + 1]], filled[b] of them
+        random fill; each chosen unit is marked in `ever` when given."""
+        n = len(h)
+        units = np.empty(n * self.units, dtype=np.int64)
+        ptr = np.empty(n + 1, dtype=np.int64)
+        filled = np.empty(n, dtype=np.int64)
+        hash_and_choose(
+            np.ascontiguousarray(h, dtype=np.float32),
+            _NO_UNITS if prev is None else prev,
+            self._planes, self._bias_row, self._tail, self.K, self.L, self.hash_bias,
+            self.members, self.offsets, target, exact, rng,
+            units, ptr, filled, np.zeros(self.units, dtype=bool) if ever is None else ever,
+        )  # fmt: skip
+        return units[: ptr[-1]], ptr, filled
 
     def bucket(self, table: int, code: int) -> np.ndarray:
         return self.members[table, self.offsets[table, code] : self.offsets[table, code + 1]]
@@ -189,6 +231,8 @@ def random_set_jaccard(size: int, units: int) -> float:
 
 
 class ALSHApprox(SparseMLP):
+    compiled_single = True  # batch 1: methods/sparse_compiled.py
+
     def __init__(
         self,
         arch: Architecture,
@@ -215,15 +259,18 @@ class ALSHApprox(SparseMLP):
             )
             for fan_in, fan_out in arch.layer_sizes()[:-1]
         ]
-        # Python-level choices (subsampling, fills) use numpy, seeded from the same generator.
+        # The active sets' random choices (subsampling, fills): methods/alsh_select.py's
+        # generator, seeded from the same sampling generator.
         seed = int(torch.randint(0, 2**62, (1,), generator=sampling_generator))
-        self.rng = np.random.default_rng(seed)
+        self.rng = seed_state(seed)
         self.last_rebuild_at = 0  # examples (or steps) seen at the last scheduled rebuild
         self.rebuilds = 0
         self._rebuild_seconds = 0.0
         self._epoch_rebuilds = 0
         self._reset_epoch_counters()
         self._stale = True  # tables must be (re)built from the current weights before use
+        alsh_select.warm_up()  # compiled before the first timed step, not during it
+        sparse_kernels.warm_up()
 
     def _reset_epoch_counters(self) -> None:
         depth = self.arch.depth
@@ -264,67 +311,50 @@ class ALSHApprox(SparseMLP):
 
     # --- active sets -----------------------------------------------------------------------
 
-    def example_active(
-        self, tables: LayerTables, codes: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, int]:
-        """One example's active units (sorted) from its bucket numbers `codes` (L,), and how
-        many of them are random fill."""
-        target = self.target
-        found = 0
-        mine = np.zeros(tables.units, dtype=bool)
-        for t in range(tables.L):
-            bucket = tables.bucket(t, int(codes[t]))
-            if self.exact_size:
-                new = bucket[~mine[bucket]]
-                if found + len(new) > target:  # the bucket that crosses the target
-                    new = rng.choice(new, size=target - found, replace=False)
-            else:
-                if len(bucket) > target:
-                    bucket = rng.choice(bucket, size=target, replace=False)
-                new = bucket[~mine[bucket]]
-            mine[new] = True
-            found += len(new)
-            if found >= target:
-                break
-        filled = 0
-        if found < target:
-            candidates = np.flatnonzero(~mine)
-            extra = rng.choice(candidates, size=target - found, replace=False)
-            mine[extra] = True
-            filled = len(extra)
-        return np.flatnonzero(mine), filled
+    def choose_active(
+        self, layer: int, h: np.ndarray, prev: np.ndarray | None, record: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every example's own active units of hidden layer `layer` for inputs h (B, |prev|):
+        example b's (sorted) are units[ptr[b]:ptr[b + 1]], filled[b] of them random fill."""
+        if self._stale:
+            self.rebuild_tables()
+        ever = self._ever[layer] if record else None
+        return self.tables[layer].choose(h, prev, self.target, self.exact_size, self.rng, ever)
 
     def active_for_layer(
         self, layer: int, h: torch.Tensor, prev: torch.Tensor | None, record: bool
     ) -> ActiveUnits:
-        if self._stale:
-            self.rebuild_tables()
-        tables = self.tables[layer]
-        codes = tables.query(h, prev)  # (B, L)
-        own = [self.example_active(tables, example_codes, self.rng) for example_codes in codes]
-        chosen = np.zeros(tables.units, dtype=bool)
-        for units, _ in own:
-            chosen[units] = True
+        units, ptr, filled = self.choose_active(
+            layer, h.numpy(), None if prev is None else prev.numpy(), record
+        )
+        n, width = len(filled), self.arch.width
+        chosen = np.zeros(width, dtype=bool)
+        chosen[units] = True
         union = np.flatnonzero(chosen)
         mask = None
-        if self.per_example and len(own) > 1:
+        if self.per_example and n > 1:
             # Each example keeps only its own units of the gathered union: (B, |union|).
-            position = np.zeros(tables.units, dtype=np.int64)
+            position = np.zeros(width, dtype=np.int64)
             position[union] = np.arange(len(union))
-            sizes = [len(units) for units, _ in own]
-            rows = np.repeat(np.arange(len(own)), sizes)
-            cols = position[np.concatenate([units for units, _ in own])]
-            own_mask = np.zeros((len(own), len(union)), dtype=np.float32)
-            own_mask[rows, cols] = 1.0
+            own_mask = np.zeros((n, len(union)), dtype=np.float32)
+            own_mask[np.repeat(np.arange(n), np.diff(ptr)), position[units]] = 1.0
             mask = torch.from_numpy(own_mask)
         if record:
-            n = len(own)
-            self._filled[layer] += sum(f for _, f in own) / (n * self.target)
-            own_units = sum(len(u) for u, _ in own) if self.per_example else n * len(union)
-            self._own[layer] += own_units / (n * tables.units)
-            self._queries[layer] += 1
-            self._ever[layer] |= chosen
+            own_units = len(units) if self.per_example else n * len(union)
+            self._record(layer, own_units, int(filled.sum()), n)
         return ActiveUnits(torch.from_numpy(union), 1.0, mask)
+
+    def single_active(self, layer: int, h: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+        units, _, filled = self.choose_active(layer, h, prev, record=True)
+        self._record(layer, len(units), int(filled[0]), 1)
+        return units
+
+    def _record(self, layer: int, own_units: int, filled: int, n: int) -> None:
+        """Count one training query of `n` examples in the epoch's statistics (the units
+        it chose are marked in `_ever` as they are chosen)."""
+        self._filled[layer] += filled / (n * self.target)
+        self._own[layer] += own_units / (n * self.arch.width)
+        self._queries[layer] += 1
 
     # --- evaluation through the tables, and the probes -----------------------------------------
 
@@ -387,13 +417,13 @@ class ALSHApprox(SparseMLP):
 
     def random_state(self) -> dict[str, Any]:
         state = super().random_state()
-        state["numpy_rng"] = self.rng.bit_generator.state
+        state["hash_rng"] = torch.from_numpy(self.rng.view(np.int64).copy())  # a tensor: see base
         return state
 
     def set_random_state(self, state: dict[str, Any]) -> None:
         super().set_random_state(state)
-        if "numpy_rng" in state:
-            self.rng.bit_generator.state = state["numpy_rng"]
+        if "hash_rng" in state:
+            self.rng[:] = state["hash_rng"].numpy().view(np.uint64)
 
     def get_extra_state(self) -> dict[str, Any]:
         state = super().get_extra_state()

@@ -143,7 +143,10 @@ METHODS: dict[str, MethodInfo] = {
             # 3: `hash_bias`, `active_size` and `batch_sets`, with new defaults (the bias out
             # of the hash, exactly 5% per example, each example its own set).
             # 4: the CNN backbone's Adam is the fused kernel (methods/base.py).
-            version=4,
+            # 5: hashing and active-set choice compiled (methods/alsh_select.py: its own
+            # random generator, so other draws), and a batch-1 step through the compiled
+            # kernels of methods/sparse_kernels.py (sums in another order).
+            version=5,
             summary="Asymmetric-LSH active-node selection (Spring & Shrivastava 2017; §5.2).",
             module="methods.alsh_approx",
             params=(

@@ -15,6 +15,9 @@ layer's active units; the computation on them is shared and lives here:
   SparseAdam do). With every unit active it is exactly dense SGD / Adam.
 
 A block is (parameter, row indices or None, column indices or None): None means all.
+
+A method may run its single-example steps compiled instead (`compiled_single`,
+methods/sparse_compiled.py): the same blocks and arithmetic without torch's per-call overhead.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods import sparse_compiled
 from methods.base import Architecture, MethodModel, TrainSettings, linear_layers
+from methods.sparse_compiled import CompiledLayer
 
 
 @dataclass(frozen=True)
@@ -122,13 +128,29 @@ class SparseMLP(MethodModel):
     by layer.
     """
 
+    # Whether a single-example training step is compiled (methods/sparse_compiled.py) instead
+    # of torch's gathers, autograd and foreach updates (the same arithmetic, sums in another
+    # order). Subclasses that set it implement `single_active`.
+    compiled_single = False
+
     def __init__(
         self, arch: Architecture, generator: torch.Generator, sampling_generator: torch.Generator
     ):
         super().__init__(sampling_generator)
         self.arch = arch
+        self._anchor = torch.zeros((), requires_grad=True)  # makes autograd call the kernels
+        self._trace: list[np.ndarray] = []  # each layer's input, until the backward pass
         self.layers = linear_layers(arch, generator)
-        self.blocks: list[Block] = []  # what the last training step touched
+        self._torch_blocks: list[Block] = []  # what the last training step touched
+        # The compiled single-example step: what it computed, layer by layer (output last).
+        self.compiled_layers: list[CompiledLayer] = []
+        self._work: list[CompiledLayer | None] = [None] * len(self.layers)
+        # numpy views of the weights and biases (which are only ever updated in place).
+        self._arrays = [
+            (m.weight.detach().numpy(), m.bias.detach().numpy())
+            for m in self.layers
+            if isinstance(m, nn.Linear)
+        ]
         # Plain lists (not registered again): slicing a ModuleList builds a new one per call.
         self._hidden: list[nn.Linear] = [m for m in self.layers[:-1] if isinstance(m, nn.Linear)]
         last = self.layers[-1]
@@ -146,6 +168,11 @@ class SparseMLP(MethodModel):
         this layer is `h` (B, |prev|), `prev` its active units below (None: the network's
         input). `record` is False during probes and approximate evaluation: do not count
         them in the method's statistics."""
+        raise NotImplementedError
+
+    def single_active(self, layer: int, h: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+        """For the compiled single-example step: the active units (sorted int64) of hidden
+        layer `layer` for the example's input h (1, |prev|), statistics counted."""
         raise NotImplementedError
 
     # --- the computation ----------------------------------------------------------------------
@@ -207,15 +234,36 @@ class SparseMLP(MethodModel):
         leaf = gather(param.detach(), where)  # a copy of the block, outside any graph
         if record:  # a training step: autograd collects this block's gradient
             leaf.requires_grad_(True)
-            self.blocks.append(Block(param, where, leaf))
+            self._torch_blocks.append(Block(param, where, leaf))
         return leaf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.dense_forward(x)
-        self.blocks.clear()
+        self._torch_blocks.clear()
+        self.compiled_layers.clear()
         self._steps += 1
+        if self.compiled_single and len(x) == 1:
+            return sparse_compiled.CompiledStep.apply(self._anchor, x, self)
         return self.sparse_log_probs(x, record=True)
+
+    @property
+    def blocks(self) -> list[Block]:
+        """The blocks the last training step read (and its optimizer step updates)."""
+        if not self.compiled_layers:
+            return self._torch_blocks
+        blocks = []
+        for layer in self.compiled_layers:
+            rows = torch.from_numpy(layer.rows) if len(layer.rows) else None
+            cols = torch.from_numpy(layer.cols) if len(layer.cols) else None
+            pairs = ((layer.weight, layer.block, layer.grad_block, cols),
+                     (layer.bias, layer.bias_block, layer.grad_bias, None))  # fmt: skip
+            for param, values, grad, param_cols in pairs:
+                leaf = torch.from_numpy(values)
+                if not self._trace:  # the backward pass has run: the gradients are there
+                    leaf.grad = torch.from_numpy(grad)
+                blocks.append(Block(param, BlockIndex(tuple(param.shape), rows, param_cols), leaf))
+        return blocks
 
     def make_optimizer(self, settings: TrainSettings) -> LazyOptimizer:
         return LazyOptimizer(self, settings)
@@ -275,6 +323,7 @@ class LazyOptimizer:
         self.kind = settings.optimizer
         self.lr = settings.lr
         self.momentum = settings.momentum
+        self.batch_size = settings.batch_size
         self.betas = betas
         self.eps = eps
         self.step_count = 0
@@ -287,12 +336,21 @@ class LazyOptimizer:
                 self.state[name] = torch.zeros((2, *param.shape))  # exp_avg, exp_avg_sq
             elif self.momentum:
                 self.state[name] = torch.zeros_like(param)  # momentum buffer
+        # numpy views of every parameter and its state, for the compiled step's kernels.
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for name, param in model.named_parameters():
+            value = param.detach().numpy()
+            state = self.state[name].numpy() if name in self.state else value
+            self._arrays[id(param)] = (value, state)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Gradients live on the per-step blocks, which the next forward replaces."""
 
     def implementation(self) -> str:
-        """The update over the step's blocks: Adam's fused kernel where torch has it."""
+        """The update over the step's blocks: the compiled kernels for a method's compiled
+        single-example steps, else Adam's fused kernel where torch has it."""
+        if self.model.compiled_single and self.batch_size == 1:
+            return f"{self.kind}:lazy-compiled"
         if self.kind == "adam":
             return "adam:lazy-fused" if hasattr(torch, "_fused_adam_") else "adam:lazy-foreach"
         return f"{self.kind}:lazy-foreach"
@@ -300,6 +358,17 @@ class LazyOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.step_count += 1
+        compiled = self.model.compiled_layers
+        if compiled:  # a compiled single-example step's blocks
+            if self.model._trace:  # no backward pass since its forward: no gradients
+                self.updated_elements = 0
+                return
+            self.updated_elements = sum(w.block.size + w.bias_block.size for w in compiled)
+            sparse_compiled.update(
+                compiled, self._arrays, self.kind, self.lr, self.momentum, self.betas, self.eps,
+                self.step_count,
+            )  # fmt: skip
+            return
         blocks = [b for b in self.model.blocks if b.leaf.grad is not None]
         self.updated_elements = sum(b.numel for b in blocks)
         if not blocks:

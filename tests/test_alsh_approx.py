@@ -4,13 +4,14 @@ dependence), the rebuild schedule, and evaluation through the tables."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from methods import alsh_approx
+from methods import alsh_approx, alsh_select
 from methods.base import Architecture, TrainSettings
 from tests.method_helpers import build, gen
 
@@ -73,7 +74,12 @@ def test_query_signature_equals_hashing_the_full_transformed_vector(hash_bias: b
     full = torch.zeros(4, 12).index_copy_(1, prev, h)
     q = alsh_approx.transform_q(full, m=3, append_one=hash_bias)
     expected = tables.signatures((q @ tables.planes > 0).numpy())
-    assert np.array_equal(tables.query(h, prev), expected)
+    assert np.array_equal(tables.query(h.numpy(), prev.numpy()), expected)
+    # The first layer: every input feature (prev None), zero features skipped.
+    x = torch.randn(3, 12, generator=gen(6)) * (torch.rand(3, 12, generator=gen(7)) < 0.3)
+    q = alsh_approx.transform_q(x, m=3, append_one=hash_bias)
+    expected = tables.signatures((q @ tables.planes > 0).numpy())
+    assert np.array_equal(tables.query(x.numpy(), None), expected)
 
 
 def test_active_sets_are_enriched_in_the_largest_inner_products() -> None:
@@ -101,15 +107,38 @@ def test_active_sets_are_enriched_in_the_largest_inner_products() -> None:
 # --- active sets ----------------------------------------------------------------------------------
 
 
-class FakeTables:
-    """LayerTables with chosen buckets: table t's bucket is `buckets[t]`, whatever the code."""
+def chooser(model: alsh_approx.ALSHApprox, units: int = 400) -> Any:
+    """active(buckets) -> (units, filled) of one example whose bucket in table t is
+    `buckets[t]`, through the compiled choice (alsh_select.choose_units) and `model`'s size
+    rule and random state."""
 
-    def __init__(self, buckets: list[list[int]], units: int = 400):
-        self.buckets = [np.array(b, dtype=np.int64) for b in buckets]
-        self.L, self.units = len(buckets), units
+    tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def bucket(self, t: int, code: int) -> np.ndarray:
-        return self.buckets[t]
+    def active(buckets: list[list[int]]) -> tuple[np.ndarray, int]:
+        L = len(buckets)
+        if repr(buckets) not in tables:
+            members = np.zeros((L, units), dtype=np.int64)
+            offsets = np.zeros((L, 3), dtype=np.int64)
+            for t, bucket in enumerate(buckets):  # bucket 0: the given units; 1: the others
+                members[t] = bucket + [u for u in range(units) if u not in set(bucket)]
+                offsets[t] = [0, len(bucket), units]
+            tables[repr(buckets)] = members, offsets
+        members, offsets = tables[repr(buckets)]
+        out = np.empty(units, dtype=np.int64)
+        ptr = np.empty(2, dtype=np.int64)
+        filled = np.empty(1, dtype=np.int64)
+        ever = np.zeros(units, dtype=bool)
+        codes = np.zeros((1, L), dtype=np.int64)
+        alsh_select.choose_units(
+            codes, members, offsets, model.target, model.exact_size, model.rng,
+            out, ptr, filled, ever,
+        )  # fmt: skip
+        chosen = out[: ptr[1]]
+        assert np.array_equal(np.flatnonzero(ever), chosen)  # marked as ever active
+        assert np.all(np.diff(chosen) > 0)  # sorted, distinct
+        return chosen, int(filled[0])
+
+    return active
 
 
 def test_target_size_takes_exactly_five_percent() -> None:
@@ -118,19 +147,21 @@ def test_target_size_takes_exactly_five_percent() -> None:
     fill when all buckets together hold fewer."""
     model = alsh(Architecture(in_features=16, width=400, depth=1, classes=2))
     assert model.target == 20 and model.exact_size
-    rng = np.random.default_rng(0)
-    codes = np.zeros(3, dtype=np.int64)
-
-    def active(buckets: list[list[int]]) -> tuple[np.ndarray, int]:
-        return model.example_active(FakeTables(buckets), codes, rng)  # type: ignore[arg-type]
+    active = chooser(model)
 
     # 12 units, then a bucket of 15 (3 shared): 12 + 8 of its 12 new units, no third table.
     first, second = list(range(12)), list(range(9, 24))
     units, filled = active([first, second, list(range(300, 310))])
     assert len(units) == 20 and filled == 0 and set(first) <= set(units)
     assert set(units) <= set(first) | set(second)
-    draws = {tuple(active([first, second, []])[0]) for _ in range(20)}
-    assert len(draws) > 1  # the 8 are a random part of the second bucket
+    # The 8 are a uniformly random part of the second bucket's 12 new units: each is taken
+    # with probability 2/3. Over 3000 draws each count is Binomial(3000, 2/3) (sd 25.8); the
+    # bound 5.6 sd holds for all 12 at once but for a 1e-6 false alarm (union bound).
+    counts = np.zeros(24, dtype=int)
+    for _ in range(3000):
+        counts[active([first, second, []])[0]] += 1
+    assert np.all(counts[:12] == 3000)
+    assert np.all(np.abs(counts[12:] - 2000) < 5.6 * math.sqrt(3000 * 2 / 9)), counts[12:]
     # One bucket of 100: 20 of them at random.
     units, filled = active([list(range(100, 200)), [], []])
     assert len(units) == 20 and set(units) <= set(range(100, 200)) and filled == 0
@@ -145,12 +176,7 @@ def test_whole_buckets_overshoot_as_the_reference_does() -> None:
     """`active_size = "buckets"`: whole buckets until at least the target (a single bucket
     larger than it is subsampled to it); fill below it."""
     model = alsh(Architecture(in_features=16, width=400, depth=1, classes=2), active_size="buckets")
-    rng = np.random.default_rng(0)
-    codes = np.zeros(3, dtype=np.int64)
-
-    def active(buckets: list[list[int]]) -> tuple[np.ndarray, int]:
-        return model.example_active(FakeTables(buckets), codes, rng)  # type: ignore[arg-type]
-
+    active = chooser(model)
     first, second = list(range(12)), list(range(9, 24))
     units, filled = active([first, second, list(range(300, 310))])
     assert set(units) == set(first) | set(second) and len(units) == 24 and filled == 0
@@ -297,7 +323,7 @@ def test_evaluation_through_the_tables() -> None:
     out = model.approx_log_probs(x)
     assert out is not None and out.shape == (12, 4)
     after = model.random_state()
-    assert after["numpy_rng"] == before["numpy_rng"]
+    assert torch.equal(after["hash_rng"], before["hash_rng"])
     assert torch.equal(after["sampling_rng"], before["sampling_rng"])
     assert model.per_example is False  # restored
     # Not the exact network (5% of the units), but an example's output does not depend on

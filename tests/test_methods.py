@@ -477,7 +477,12 @@ def test_sparse_methods_only_gather_and_scatter_whole_weights(method: str, optim
             opt.step()
         # No dense op (matmul, add, mul, zeros, copy...) ever reads or writes a whole
         # hidden weight matrix or its optimizer state: only gathers and scatters of blocks.
-        assert log.ops and set(log.ops) <= SPARSE_ACCESS, set(log.ops) - SPARSE_ACCESS
+        # ALSH-APPROX's single-example step runs compiled kernels that torch does not see
+        # (tests/test_sparse_kernels.py checks that they write inside the blocks only).
+        if opt.implementation().endswith("compiled"):  # type: ignore[attr-defined]
+            assert not log.ops, log.ops
+        else:
+            assert log.ops and set(log.ops) <= SPARSE_ACCESS, set(log.ops) - SPARSE_ACCESS
     # Gradients and updates are confined to active blocks: few weights moved.
     total = sum(w.numel() for w in hidden)
     changed = sum(int((w != b).sum()) for w, b in zip(hidden, before, strict=True))

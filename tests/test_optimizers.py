@@ -66,12 +66,19 @@ def test_every_method_records_the_implementation_it_ran() -> None:
         model = methods.build(
             method, arch, hyper, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
         )
-        settings = TrainSettings(lr=1e-2, optimizer=optimizer, momentum=0.0, batch_size=1)
-        found[method] = optimizer_implementation(model.make_optimizer(settings))
+        for batch in (1, 20):
+            settings = TrainSettings(lr=1e-2, optimizer=optimizer, momentum=0.0, batch_size=batch)
+            found[method, batch] = optimizer_implementation(model.make_optimizer(settings))
     assert found == {
-        "standard": "adam:fused",
-        "adaptive_dropout": "sgd:for-loop",
-        "mc_approx": "sgd:for-loop+tracked-norms",
-        "dropout": "sgd:lazy-foreach",
-        "alsh_approx": "adam:lazy-fused",
+        ("standard", 1): "adam:fused",
+        ("standard", 20): "adam:fused",
+        ("adaptive_dropout", 1): "sgd:for-loop",
+        ("adaptive_dropout", 20): "sgd:for-loop",
+        ("mc_approx", 1): "sgd:for-loop+tracked-norms",
+        ("mc_approx", 20): "sgd:for-loop+tracked-norms",
+        ("dropout", 1): "sgd:lazy-foreach",
+        ("dropout", 20): "sgd:lazy-foreach",
+        # A single example goes through methods/sparse_kernels.py, a mini-batch through torch.
+        ("alsh_approx", 1): "adam:lazy-compiled",
+        ("alsh_approx", 20): "adam:lazy-fused",
     }
