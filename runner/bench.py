@@ -30,14 +30,19 @@ from runner.run.floor import epoch_min_flops, matmul_rate
 log = logging.getLogger("cpusweep")
 
 MNIST_TRAIN = 55000
-# (method, batch size, depth or None for any) -> (what the ratio divides by, the most allowed)
+# (method, batch size, depth or None for any) -> (what the ratio divides by, the most allowed).
+# "standard": STANDARD with its own optimizer (SGD, the paper's pairing); "same optimizer":
+# STANDARD with the method's optimizer; "both": each of the two (issue 17's ALSH-APPROX).
 TARGETS: dict[tuple[str, int, int | None], tuple[str, float]] = {
     ("standard", 1, None): ("plain", 1.10),
     ("standard", 20, None): ("plain", 1.10),
     ("dropout", 1, None): ("standard", 0.30),
     ("dropout", 20, None): ("standard", 0.40),
-    ("alsh_approx", 1, 3): ("standard", 0.50),
-    ("alsh_approx", 1, 7): ("standard", 0.50),
+    ("adaptive_dropout", 1, None): ("same optimizer", 1.15),
+    ("adaptive_dropout", 20, None): ("same optimizer", 1.15),
+    ("alsh_approx", 1, 3): ("both", 0.25),
+    ("alsh_approx", 1, 7): ("both", 0.15),
+    ("mc_approx", 20, 3): ("standard", 0.85),
     ("mc_approx", 20, None): ("standard", 1.00),
     ("mc_approx", 1, None): ("standard", 1.10),
 }
@@ -371,10 +376,16 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 target = _target_for(method, batch_size, depth)
                 if target is not None:
                     against, limit = target
-                    ratio = (
-                        record.ratio_vs_plain if against == "plain" else record.ratio_vs_standard
-                    )
-                    record.target = f"<= {limit:.2f}x {against}"
+                    ratio = {
+                        "plain": record.ratio_vs_plain,
+                        "standard": record.ratio_vs_standard,
+                        "same optimizer": record.ratio_vs_standard_same_optimizer,
+                        "both": max(
+                            record.ratio_vs_standard, record.ratio_vs_standard_same_optimizer
+                        ),
+                    }[against]
+                    name = "standard, either optimizer" if against == "both" else against
+                    record.target = f"<= {limit:.2f}x {name}"
                     record.target_met = ratio <= limit
                 if batch_size == 1:
                     record.extra["data_share_target_met"] = shares["data"] < DATA_SHARE_TARGET

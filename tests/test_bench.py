@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.bench import BenchConfig, run_bench
+from runner.bench import BenchConfig, _target_for, run_bench
 from runner.cli.main import main
 from runner.run.floor import epoch_min_flops
 
@@ -47,6 +47,10 @@ def test_bench_records_every_case_with_ratios_and_targets() -> None:
     assert by[("alsh_approx", 1)].optimizer == "adam"  # the paper's optimizer for it
     assert by[("dropout", 1)].target == "<= 0.30x standard"
     assert by[("dropout", 1)].target_met is not None
+    # ALSH-APPROX's target holds against STANDARD with SGD and with Adam alike (issue 17).
+    assert _target_for("alsh_approx", 1, 3) == ("both", 0.25)
+    assert _target_for("mc_approx", 20, 3) == ("standard", 0.85)
+    assert _target_for("mc_approx", 20, 7) == ("standard", 1.00)
     for r in records:
         assert r.seconds > 0 and r.seconds_per_epoch == pytest.approx(
             r.seconds * 55000 / r.examples

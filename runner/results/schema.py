@@ -142,6 +142,7 @@ MEASURED_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("torchvision_version", _STR),
     ("pyarrow_version", _STR),
     ("pandas_version", _STR),
+    ("numba_version", _STR),  # compiles ALSH-APPROX's hashing and batch-1 step
     ("trainer_sha256", _STR),  # the version guard's hash of the training loop's code
     ("method_sha256", _STR),  # the version guard's hash of the method's code
     ("started_at", _STR),  # UTC, ISO 8601 with milliseconds and offset, as written

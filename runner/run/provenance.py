@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 TRAINER_FILES = ("runner/run/trainer.py",)
 # Libraries whose versions a row records (torch's is `torch_version`, with its build label).
-PACKAGES = ("numpy", "ray", "torchvision", "pyarrow", "pandas")
+PACKAGES = ("numpy", "ray", "torchvision", "pyarrow", "pandas", "numba")
 GIT_TIMEOUT_SECONDS = 5.0
 
 
