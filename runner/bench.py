@@ -16,6 +16,7 @@ The targets the project holds itself to are checked and printed with the results
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import statistics
 import time
@@ -77,6 +78,9 @@ class Timing:
 
     phases: dict[str, float]
     stats: dict[str, float] = field(default_factory=dict)
+    # Set when the trainer stopped the epoch at a non-finite loss after this many steps: the
+    # phases are then scaled up to the whole slice from the steps that ran (few, so noisy).
+    diverged_after_steps: int | None = None
 
     @property
     def total(self) -> float:
@@ -268,12 +272,18 @@ def method_epoch(
         model, splits, settings, epochs=1, shuffle_generator=torch.Generator().manual_seed(seed + 2)
     )
     epoch = outcome.history[0]
+    # A loss that is not finite stops the epoch (runner/results/stops.py): time per step
+    # that ran, scaled to the slice, so that a method that diverged does not read as fast.
+    planned = math.ceil(len(splits.x_train) / batch_size)
+    done = max(int(epoch.get("steps", planned)), 1)
+    scale = planned / done if outcome.diverged_at_step is not None else 1.0
     return Timing(
         {
-            phase: float(epoch[f"{phase}_seconds"])
+            phase: float(epoch[f"{phase}_seconds"]) * scale
             for phase in ("data", "forward", "backward", "step", "upkeep")
         },
         {stat["name"]: float(stat["value"]) for stat in epoch["stats"]},
+        diverged_after_steps=done if outcome.diverged_at_step is not None else None,
     )
 
 
@@ -390,6 +400,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 if batch_size == 1:
                     record.extra["data_share_target_met"] = shares["data"] < DATA_SHARE_TARGET
                 # The work the method really did (ratios mean little without it).
+                diverged = [t.diverged_after_steps for t in mine if t.diverged_after_steps]
+                if diverged:  # said beside the ratio: timed on those steps only
+                    record.extra["diverged_after_steps"] = min(diverged)
                 used = [work_shares(t.stats, config.width, depth) for t in mine]
                 record.extra["active_share"] = _median([u[0] for u in used])
                 record.extra["computed_share"] = _median([u[1] for u in used])

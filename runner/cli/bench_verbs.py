@@ -128,6 +128,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             verdict += (" " if verdict else "") + (
                 ("[green]✓ " if met else "[red]✗ ") + r.extra["bound_target"] + "[/]"
             )
+        if "diverged_after_steps" in r.extra:  # timed on a few steps only: not a normal result
+            verdict += (" " if verdict else "") + (
+                f"[yellow]⚠ diverged after {r.extra['diverged_after_steps']} steps: "
+                "timed on those, scaled[/]"
+            )
         floor = r.extra.get("ratio_to_bound")
         table.add_row(
             r.method,
