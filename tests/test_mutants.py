@@ -18,7 +18,12 @@ from tests.conftest import REPO
 @pytest.mark.timeout(3600)
 def test_every_planted_mistake_in_the_methods_is_caught() -> None:
     script = REPO / "tests" / "mutants" / "run_method_mutants.py"
-    tests = ["tests/test_method_math.py", "tests/test_methods.py", "tests/test_alsh_approx.py"]
+    tests = [
+        "tests/test_method_math.py",
+        "tests/test_methods.py",
+        "tests/test_alsh_approx.py",
+        "tests/test_sparse_kernels.py",
+    ]
     result = subprocess.run(
         [sys.executable, str(script), "--tests", *tests],
         capture_output=True,

@@ -12,7 +12,8 @@ How each mutant is planted and run (a snapshot of the code, a fresh copy per mut
 that the copy's mutated module is the one imported) is in common.py. In the copy, with
 PYTHONPATH pointing at it and torch on one thread:
 
-    python -m pytest -x -q -p no:cacheprovider tests/test_method_math.py tests/test_methods.py
+    python -m pytest -x -q -p no:cacheprovider tests/test_method_math.py tests/test_methods.py \
+        tests/test_sparse_kernels.py
 
 Prints a table (mutant, killed, by which test, seconds). Exit status 1 if the baseline fails,
 any mutant survives, or a mutant only breaks collection (an invalid mutant, not a kill).
@@ -24,7 +25,11 @@ import sys
 
 from common import Mutant, main
 
-DEFAULT_TESTS = ("tests/test_method_math.py", "tests/test_methods.py")
+DEFAULT_TESTS = (
+    "tests/test_method_math.py",
+    "tests/test_methods.py",
+    "tests/test_sparse_kernels.py",
+)
 
 MUTANTS = [
     # 1. MC-APPROX: uniform pairs instead of Eq. 8.
@@ -188,6 +193,21 @@ MUTANTS = [
         "                full = torch.zeros(len(h), layer.in_features, dtype=h.dtype)\n"
         "                h = full.index_copy(1, prev, h)\n",
         "SparseMLP.sparse_hidden: block W[S_i, :] on a zero-padded input, not W[S_i, S_{i-1}]",
+    ),
+    # 8. The compiled single-example step (ALSH-APPROX at batch 1).
+    Mutant(
+        "compiled_adam_bias_correction_off_by_one",
+        "methods/sparse_kernels.py",
+        "    step_size = np.float32(lr / (1.0 - beta1**step))\n",
+        "    step_size = np.float32(lr / (1.0 - beta1 ** (step + 1)))\n",
+        "sparse_kernels.adam_block: bias correction of the next step",
+    ),
+    Mutant(
+        "compiled_relu_gradient_through_dead_units",
+        "methods/sparse_kernels.py",
+        "        if relu and not h_out[j] > 0.0:",
+        "        if relu and not h_out[j] >= 0.0:",
+        "sparse_kernels.layer_backward: gradient passed through units whose relu was 0",
     ),
 ]
 
