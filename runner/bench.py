@@ -1,16 +1,12 @@
 """`python -m runner bench`: each method's epoch time on one thread, against a plain loop.
 
-For every method x batch size x depth, one epoch over a fixed slice of MNIST-shaped synthetic
-data (784 features, 10 classes, width 1000 by default) is timed through the real code path
-(`methods.build` and `runner.run.trainer.train`, with its data / forward / backward / step /
-upkeep split), side by side in the same process with the loop a researcher would write by
-hand: an `nn.Sequential` of Linear and ReLU, log-softmax, NLL and a stock torch optimizer.
-Everything runs `repeats` times, interleaved, and every ratio is taken within one repeat
-before the median is taken over repeats, so that a machine that is slower for a while slows
-both sides of a ratio alike. Ratios are what to read; absolute seconds depend on the machine
-(and are extrapolated to a 55000-example MNIST epoch for comparison with the paper).
-
-The targets the project holds itself to are checked and printed with the results.
+For every method x batch size x depth, one epoch over a slice of MNIST-shaped synthetic data
+(784 features, 10 classes, width 1000 by default) is timed through the real code path (the
+trainer, with its phase split), beside the loop a researcher would write by hand (Linear and
+ReLU, log-softmax, NLL, a stock torch optimizer). Everything runs `repeats` times, interleaved;
+each ratio is taken within one repeat, then the median over repeats, so that a machine slower
+for a while slows both sides alike. Read ratios; seconds depend on the machine (extrapolated to
+a 55000-example MNIST epoch). The project's targets are checked and printed with the results.
 """
 
 from __future__ import annotations
@@ -31,9 +27,8 @@ from runner.run.floor import epoch_min_flops, matmul_rate
 log = logging.getLogger("cpusweep")
 
 MNIST_TRAIN = 55000
-# (method, batch size, depth or None for any) -> (what the ratio divides by, the most allowed).
-# "standard": STANDARD with its own optimizer (SGD, the paper's pairing); "same optimizer":
-# STANDARD with the method's optimizer; "both": each of the two (issue 17's ALSH-APPROX).
+# (method, batch size, depth or None: any) -> (what the ratio divides by, the most allowed):
+# "standard" with SGD (the paper's pairing), with the "same optimizer", or "both" of them.
 TARGETS: dict[tuple[str, int, int | None], tuple[str, float]] = {
     ("standard", 1, None): ("plain", 1.10),
     ("standard", 20, None): ("plain", 1.10),
@@ -272,8 +267,7 @@ def method_epoch(
         model, splits, settings, epochs=1, shuffle_generator=torch.Generator().manual_seed(seed + 2)
     )
     epoch = outcome.history[0]
-    # A loss that is not finite stops the epoch (runner/results/stops.py): time per step
-    # that ran, scaled to the slice, so that a method that diverged does not read as fast.
+    # A non-finite loss stops the epoch (runner/results/stops.py): the steps that ran, scaled.
     planned = math.ceil(len(splits.x_train) / batch_size)
     done = max(int(epoch.get("steps", planned)), 1)
     scale = planned / done if outcome.diverged_at_step is not None else 1.0
@@ -300,6 +294,12 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 def _target_for(method: str, batch_size: int, depth: int) -> tuple[str, float] | None:
     return TARGETS.get((method, batch_size, depth)) or TARGETS.get((method, batch_size, None))
+
+
+def _against(r: Record, against: str) -> float:
+    same = r.ratio_vs_standard_same_optimizer
+    by = {"plain": r.ratio_vs_plain, "standard": r.ratio_vs_standard, "same optimizer": same}
+    return max(r.ratio_vs_standard, same) if against == "both" else by[against]
 
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> list[Record]:
@@ -386,23 +386,15 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 target = _target_for(method, batch_size, depth)
                 if target is not None:
                     against, limit = target
-                    ratio = {
-                        "plain": record.ratio_vs_plain,
-                        "standard": record.ratio_vs_standard,
-                        "same optimizer": record.ratio_vs_standard_same_optimizer,
-                        "both": max(
-                            record.ratio_vs_standard, record.ratio_vs_standard_same_optimizer
-                        ),
-                    }[against]
+                    ratio = _against(record, against)
                     name = "standard, either optimizer" if against == "both" else against
                     record.target = f"<= {limit:.2f}x {name}"
                     record.target_met = ratio <= limit
                 if batch_size == 1:
                     record.extra["data_share_target_met"] = shares["data"] < DATA_SHARE_TARGET
                 # The work the method really did (ratios mean little without it).
-                diverged = [t.diverged_after_steps for t in mine if t.diverged_after_steps]
-                if diverged:  # said beside the ratio: timed on those steps only
-                    record.extra["diverged_after_steps"] = min(diverged)
+                if diverged := [t.diverged_after_steps for t in mine if t.diverged_after_steps]:
+                    record.extra["diverged_after_steps"] = min(diverged)  # timed on those steps
                 used = [work_shares(t.stats, config.width, depth) for t in mine]
                 record.extra["active_share"] = _median([u[0] for u in used])
                 record.extra["computed_share"] = _median([u[1] for u in used])
