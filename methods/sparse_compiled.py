@@ -55,6 +55,7 @@ def forward(model: SparseMLP, x: torch.Tensor) -> torch.Tensor:
     each layer's input in `model._trace` for the backward pass."""
     h = np.ascontiguousarray(x.detach().numpy().reshape(-1), dtype=np.float32)
     prev = ALL
+    model._trace = []  # a forward pass never followed by its backward pass leaves nothing
     for i in range(model.arch.depth):
         units = model.single_active(i, h[None, :], None if i == 0 else prev)
         work = _workspace(model, i, len(units), len(h))
