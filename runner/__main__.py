@@ -2,10 +2,11 @@ import signal
 import sys
 
 from runner.cli.main import main
+from runner.run.sweep import interrupt_handling
 
-code = main()
-# Everything is done and said: a Ctrl-C or `kill` arriving now (say, a second one while a
-# sweep stopped) must not turn the exit code into a death by that signal.
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# The whole command, its summary included, under the sweep's signal handling: a second Ctrl-C
+# or a `kill` while a stopped sweep prints how to resume is acknowledged, not obeyed. Once all
+# is said, signals are ignored, so that none turns the exit code into a death by that signal.
+with interrupt_handling(afterwards=signal.SIG_IGN):
+    code = main()
 sys.exit(code)

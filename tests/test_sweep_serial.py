@@ -183,3 +183,36 @@ def test_interrupt_keeps_finished_rows(
     plan = make_plan(expand(spec).cells, store.scan(), retry_failed=False)
     assert len(plan.todo) == 2
     assert len(run_sweep(plan, store, SerialExecutor(None, False, 1)).finished) == 2
+
+
+def test_signal_handling_survives_a_replaced_handler_and_the_outermost_restores() -> None:
+    """Ray's start-up (inside an inner context) installs its own SIGTERM handler: once that
+    context ends, the sweep's handling is back (the summary is still to be printed); only the
+    outermost context restores, or installs what it was told to (SIG_IGN for `python -m
+    runner`, whose output is all said by then). A second signal while stopping is only
+    acknowledged."""
+    import signal
+
+    from runner.run.sweep import _on_signal, interrupt_handling
+
+    def ray_like(signum: int, frame: object) -> None:
+        raise AssertionError("Ray's handler ran")
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with interrupt_handling():
+            with interrupt_handling():
+                signal.signal(signal.SIGTERM, ray_like)
+            assert signal.getsignal(signal.SIGTERM) is _on_signal
+            assert signal.getsignal(signal.SIGINT) is _on_signal
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)  # acknowledged, not raised
+        assert {s: signal.getsignal(s) for s in before} == before
+        with interrupt_handling(afterwards=signal.SIG_IGN):
+            pass
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

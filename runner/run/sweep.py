@@ -90,12 +90,13 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def interrupt_handling() -> Iterator[None]:
+def interrupt_handling(afterwards: Any = None) -> Iterator[None]:
     """Ctrl-C (SIGINT) and `kill` (SIGTERM) stop a sweep alike, by a KeyboardInterrupt; after
     the first, further ones are only acknowledged, so that cancelling the cells in flight,
     shutting Ray down and telling the user how to resume are not cut short. Entering (again)
     installs the handlers, whatever replaced them meanwhile; the outermost context restores
-    the previous ones."""
+    the previous ones, or installs `afterwards` (a process that is about to exit, with all
+    said, passes signal.SIG_IGN: no gap in which a late signal could cut it short)."""
     global _handling_depth, _stopping
     try:
         saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -109,13 +110,17 @@ def interrupt_handling() -> Iterator[None]:
         yield
     finally:
         _handling_depth -= 1
-        # Only the outermost context restores: an inner one would put back what Ray's
-        # start-up installed (a SIGTERM handler that kills every Ray process and exits 1,
-        # summary unsaid). `python -m runner` ignores signals from then on (__main__.py).
+        # Only the outermost context restores; an inner one re-installs this handling, since
+        # Ray's start-up inside it may have replaced it (with a SIGTERM handler that kills
+        # every Ray process and exits 1, summary unsaid). `python -m runner` holds the
+        # outermost one around the whole command, summary included (__main__.py).
+        for sig, handler in saved.items():
+            if _handling_depth > 0:
+                signal.signal(sig, _on_signal)
+            else:
+                signal.signal(sig, handler if afterwards is None else afterwards)
         if _handling_depth == 0:
             _stopping = False
-            for sig, handler in saved.items():
-                signal.signal(sig, handler)
 
 
 def run_sweep(
