@@ -55,7 +55,6 @@ from methods.base import (
     TrainSettings,
     linear_layers,
     make_dense_optimizer,
-    optimizer_implementation,
 )
 
 PRODUCTS = ("forward", "grad_input", "grad_weight")
@@ -109,6 +108,12 @@ def choose_pairs(
     return kept, p.index_select(0, kept).reciprocal()
 
 
+def column_norms(a: torch.Tensor) -> torch.Tensor:
+    """|a[:, i]| for every column: as a sum of squares, since torch's norm over dim 0 of a
+    short, wide matrix is a strided reduction 10x slower (a (20, 1000) one: 140 us)."""
+    return a.mul(a).sum(dim=0).sqrt()
+
+
 def sampled_matmul(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -122,7 +127,7 @@ def sampled_matmul(
     if sampling.pairs_to_keep(n) >= n:
         return a @ b, n  # every pair kept: the exact product
     chosen = choose_pairs(
-        a.detach().norm(dim=0),
+        column_norms(a.detach()),
         b.detach().norm(dim=1) if b_norms is None else b_norms,
         sampling,
         generator,
@@ -141,7 +146,7 @@ def _layer_backward(
     bias: torch.Tensor,
     out: torch.Tensor,
     need_input: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """The backward pass of one linear layer y = x W^T + b in backward mode: the input
     gradient dY W sampled over the output units, the weight gradient dY^T X over the
     examples, the bias gradient exact."""
@@ -168,10 +173,12 @@ def _layer_backward(
         coef = grad_out.index_select(0, kept) * scale.unsqueeze(1)  # (c, out)
         x_kept = x.index_select(0, kept)  # (c, in)
         z_kept = out.index_select(0, kept) - bias  # (c, out): W x of those examples
-    grad_w = coef.t() @ x_kept  # (out, c) @ (c, in)
     layer.count("grad_weight", len(x_kept))
     layer.note_weight_gradient(coef, x_kept, z_kept)
-    return grad_x, grad_w, grad_out.sum(dim=0)
+    if layer.factored_update:  # applied as a rank-c update by the optimizer (FactoredSGD)
+        layer.defer_weight_gradient(coef, x_kept)
+        return grad_x, None, grad_out.sum(dim=0)
+    return grad_x, coef.t() @ x_kept, grad_out.sum(dim=0)  # (out, c) @ (c, in)
 
 
 class _BackwardSampledLinear(torch.autograd.Function):
@@ -229,7 +236,8 @@ class _BackwardSampledMLP(torch.autograd.Function):
         grad_x = None
         for i in reversed(range(n)):
             if i < n - 1:
-                grad = grad.masked_fill(inputs[i + 1] <= 0, 0.0)  # through the ReLU
+                # Through the ReLU: its own backward kernel (7x a masked_fill with its mask)
+                grad = torch.ops.aten.threshold_backward(grad, inputs[i + 1], 0)
             need_input = i > 0 or ctx.needs_input_grad[1]
             grad_in, grads[2 * i], grads[2 * i + 1] = _layer_backward(
                 layers[i], grad, inputs[i], params[2 * i], params[2 * i + 1], outs[i], need_input
@@ -260,13 +268,22 @@ class _PairCounter:
         return stats
 
 
+@dataclass(slots=True)
+class StepState:
+    """What a layer carries from one step to the next, as plain Python values: setting an
+    nn.Module's attribute costs several microseconds, and these change at every step."""
+
+    tracked_steps: int = -1  # steps since row_sq was read exactly; -1: not valid
+    pending: tuple[torch.Tensor, torch.Tensor] | None = None  # the SGD step's effect on row_sq
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None  # the deferred weight gradient
+
+
 class MCLinear(nn.Linear, _PairCounter):
     """A linear layer whose training-time products are sampled; exact in evaluation."""
 
     row_sq: torch.Tensor
-    tracked_steps: int  # steps since row_sq was read exactly; -1: not valid
     track_norms: bool  # set by the optimizer when it is plain SGD
-    _pending: tuple[torch.Tensor, torch.Tensor] | None
+    factored_update: bool  # ... and so is this: the weight gradient is kept as its factors
 
     def __init__(
         self,
@@ -287,17 +304,17 @@ class MCLinear(nn.Linear, _PairCounter):
         self.register_buffer("row_sq", torch.zeros(fan_out, dtype=torch.float64))
         # Plain Python state (a checkpoint carries it as extra state): at batch 1, every
         # tensor operation in a step shows, and reading a tensor's value synchronises.
-        self.tracked_steps = -1
         self.track_norms = False
-        self._pending = None
+        self.factored_update = False
+        self.step_state = StepState()
 
     def weight_row_norms(self) -> torch.Tensor:
         """|W[i, :]| for every output unit: exact, or tracked through SGD steps."""
         if not self.track_norms:
             return self.weight.detach().norm(dim=1)
-        if self.tracked_steps < 0:
+        if self.step_state.tracked_steps < 0:
             self.row_sq.copy_(self.weight.detach().double().pow(2).sum(dim=1))
-            self.tracked_steps = 0
+            self.step_state.tracked_steps = 0
         return self.row_sq.clamp(min=0).sqrt().float()
 
     def note_weight_gradient(
@@ -315,25 +332,33 @@ class MCLinear(nn.Linear, _PairCounter):
         w_dot_g = (coef * z_kept).sum(dim=0)  # (out,)
         gram = x_kept @ x_kept.t()  # (c, c)
         g_sq = (coef * (gram @ coef)).sum(dim=0)  # (out,)
-        self._pending = (w_dot_g, g_sq)
+        self.step_state.pending = (w_dot_g, g_sq)
+
+    def defer_weight_gradient(self, coef: torch.Tensor, x_kept: torch.Tensor) -> None:
+        """Keep the weight gradient G = coef^T x_kept as its two factors (a backward pass
+        before the step adds to it, as autograd accumulates into .grad)."""
+        if self.step_state.factors is not None:
+            coef = torch.cat((self.step_state.factors[0], coef))
+            x_kept = torch.cat((self.step_state.factors[1], x_kept))
+        self.step_state.factors = (coef, x_kept)
 
     def after_sgd_step(self, lr: float, refresh_every: int) -> None:
         """Apply the pending SGD step to the tracked norms; re-read the weights exactly every
         `refresh_every` steps, so rounding never accumulates for long."""
-        pending = self._pending
-        self._pending = None
-        if pending is None or self.tracked_steps < 0:
+        pending = self.step_state.pending
+        self.step_state.pending = None
+        if pending is None or self.step_state.tracked_steps < 0:
             return
         w_dot_g, g_sq = pending
         self.row_sq.add_(w_dot_g, alpha=-2 * lr).add_(g_sq, alpha=lr * lr)
-        steps = self.tracked_steps + 1
-        self.tracked_steps = -1 if steps >= refresh_every else steps
+        steps = self.step_state.tracked_steps + 1
+        self.step_state.tracked_steps = -1 if steps >= refresh_every else steps
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"tracked_steps": self.tracked_steps}
+        return {"tracked_steps": self.step_state.tracked_steps}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.tracked_steps = int(state.get("tracked_steps", -1))
+        self.step_state.tracked_steps = int(state.get("tracked_steps", -1))
 
     def sampled_forward(self, x: torch.Tensor, record: bool) -> torch.Tensor:
         # (B, in) @ (in, out): column-row pairs over the input features
@@ -461,24 +486,54 @@ class MCConv2d(nn.Conv2d, _PairCounter):
         return out
 
 
-class NormTrackingSGD:
-    """Plain SGD that tells each layer its step happened, so the layer's tracked weight-row
-    norms follow the weights (`MCLinear.note_weight_gradient`)."""
+class FactoredSGD:
+    """Plain SGD for backward mode. The weight gradient a layer samples over the examples,
+    G = coef^T x_kept (rank <= the pairs kept), is never formed: the step applies it as
+    W <- W - lr coef^T x_kept, one rank-c BLAS update that reads and writes W once, where
+    forming G and then stepping writes a full gradient matrix and reads it back (at batch
+    20 the product is bound by memory, not arithmetic: without this, sampling half the
+    examples saved almost no time). The sum is the same, rounded differently (a few ulp).
+    Biases step as torch's SGD steps them (`add_(grad, alpha=-lr)`, bit for bit), without
+    its per-step bookkeeping; torch's SGD is kept for its state dict. Each layer whose input
+    gradient is sampled is then told its step happened, so its tracked weight-row norms
+    follow the weights (`MCLinear.note_weight_gradient`)."""
 
     REFRESH_EVERY = 1000  # steps between exact re-reads of the norms
 
-    def __init__(self, sgd: torch.optim.Optimizer, layers: list[MCLinear], lr: float):
-        self.sgd, self.layers, self.lr = sgd, layers, lr
+    def __init__(
+        self,
+        sgd: torch.optim.Optimizer,
+        layers: list[MCLinear],
+        tracked: list[MCLinear],
+        lr: float,
+    ):
+        self.sgd, self.layers, self.tracked, self.lr = sgd, layers, tracked, lr
+        for layer in layers:
+            layer.factored_update = True
+        for layer in tracked:
+            layer.track_norms = True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self.sgd.zero_grad(set_to_none=set_to_none)
+        for layer in self.layers:
+            layer.step_state.factors = None
+            for param in (layer.weight, layer.bias):
+                if param.grad is not None:
+                    param.grad = None if set_to_none else param.grad.zero_()
 
     def implementation(self) -> str:
-        return optimizer_implementation(self.sgd) + "+tracked-norms"
+        return "sgd:factored-weights+tracked-norms"
 
+    @torch.no_grad()
     def step(self) -> None:
-        self.sgd.step()
         for layer in self.layers:
+            state, bias = layer.step_state, layer.bias
+            if bias.grad is not None:
+                bias.add_(bias.grad, alpha=-self.lr)
+            if state.factors is not None:
+                coef, x_kept = state.factors
+                state.factors = None
+                layer.weight.addmm_(coef.t(), x_kept, alpha=-self.lr)
+        for layer in self.tracked:
             layer.after_sgd_step(self.lr, self.REFRESH_EVERY)
 
     def state_dict(self) -> dict[str, Any]:
@@ -523,21 +578,18 @@ class MCApprox(MethodModel):
             return optimizer  # norms are read from the weights at every step
         # Only layers whose input gradient is sampled use the norms: not the first (its
         # input needs no gradient), nor a layer whose k covers all its output units.
-        linears = [
+        linears = [m for m in self.layers if isinstance(m, MCLinear)]
+        tracked = [
             m
-            for i, m in enumerate(self.layers)
-            if isinstance(m, MCLinear)
-            and i > 0
-            and m.sampling.pairs_to_keep(m.out_features) < m.out_features
+            for i, m in enumerate(linears)
+            if i > 0 and m.sampling.pairs_to_keep(m.out_features) < m.out_features
         ]
-        for layer in linears:
-            layer.track_norms = True
-        return NormTrackingSGD(optimizer, linears, settings.lr)
+        return FactoredSGD(optimizer, linears, tracked, settings.lr)
 
     def end_epoch(self) -> None:
         for layer in self.layers:
             if isinstance(layer, MCLinear):
-                layer.tracked_steps = -1  # an exact re-read at each epoch start
+                layer.step_state.tracked_steps = -1  # an exact re-read at each epoch start
 
     def epoch_stats(self) -> dict[str, float]:
         stats = {}

@@ -85,7 +85,9 @@ METHODS: dict[str, MethodInfo] = {
             # 2: sample_ratio 0.1 by default (paper §10.2); CNN forward mode recalibrates
             # batch norm with exact passes before evaluating.
             # 3: Adam's fused kernel (methods/base.py).
-            version=3,
+            # 4: SGD applies the sampled weight gradient as a rank-c update, never formed
+            # (FactoredSGD: the same sum, rounded differently); column norms as sums of squares.
+            version=4,
             summary="Bernoulli column-row sampling of matrix products (Adelman et al. 2021; "
             "§6.2, Eq. 8).",
             module="methods.mc_approx",

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import methods
 from methods import alsh_approx, mc_approx
-from methods.base import Architecture, TrainSettings
+from methods.base import Architecture, TrainSettings, optimizer_implementation
 from tests.method_helpers import build, gen, train_steps
 
 SMALL = Architecture(in_features=20, width=16, depth=3, classes=5)
@@ -537,8 +537,8 @@ def test_tracked_weight_norms_follow_the_weights(batch_size: int) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    used = [layer for layer in layers if layer.tracked_steps >= 0]
-    assert len(used) == 1 and used[0].tracked_steps == 300  # no re-read in between
+    used = [layer for layer in layers if layer.step_state.tracked_steps >= 0]
+    assert len(used) == 1 and used[0].step_state.tracked_steps == 300  # no re-read in between
     exact = used[0].weight.detach().double().norm(dim=1)
     torch.testing.assert_close(used[0].row_sq.sqrt(), exact, rtol=1e-5, atol=1e-8)
     initial = build("mc_approx", arch).layers[1].weight.detach().double().norm(dim=1)
@@ -551,6 +551,44 @@ def test_tracked_weight_norms_follow_the_weights(batch_size: int) -> None:
         fresh = build("mc_approx", arch)
         fresh.make_optimizer(other)
         assert not any(m.track_norms for m in fresh.layers if isinstance(m, mc_approx.MCLinear))
+
+
+@pytest.mark.parametrize("batch_size", [1, 20])
+def test_factored_sgd_step_equals_forming_the_gradient(batch_size: int) -> None:
+    """MC-APPROX's SGD (backward mode) never forms a weight gradient: it applies
+    W <- W - lr coef^T x_kept as one rank-c update. Against torch's SGD on the gradients
+    autograd forms (the same model, the same draws: weight-row norms read exactly on both
+    sides, since tracked ones round differently and 1/p scales amplify it), over 6 steps,
+    one of them two backward passes before its step: the same weights and biases up to
+    rounding. Catches a wrong sign or scale of the update, the factors transposed or of
+    another step, a layer left out (the first or the output one), a second backward pass
+    overwriting the first instead of adding to it, biases left unstepped."""
+    arch = Architecture(in_features=30, width=64, depth=2, classes=5)
+    settings = TrainSettings(lr=0.05, optimizer="sgd", momentum=0.0, batch_size=batch_size)
+    factored, formed = build("mc_approx", arch), build("mc_approx", arch)
+    opt_factored = factored.make_optimizer(settings)
+    assert optimizer_implementation(opt_factored).startswith("sgd:factored")
+    for layer in factored.layers:
+        layer.track_norms = False
+    opt_formed = torch.optim.SGD(formed.parameters(), lr=settings.lr)
+    g = gen(3)
+    x = torch.randn(7 * batch_size, 30, generator=g)
+    y = torch.randint(0, 5, (7 * batch_size,), generator=g)
+    start = [p.detach().clone() for p in formed.parameters()]
+    for model, opt in ((factored, opt_factored), (formed, opt_formed)):
+        model.train()
+        for step in range(6):
+            opt.zero_grad(set_to_none=True)
+            for part in (step, 6) if step == 3 else (step,):
+                rows = slice(part * batch_size, (part + 1) * batch_size)
+                F.nll_loss(model(x[rows]), y[rows]).backward()
+            opt.step()
+    assert all(p.grad is None for p in factored.parameters() if p.dim() == 2)
+    for (name, a), b, first in zip(
+        factored.named_parameters(), formed.parameters(), start, strict=True
+    ):
+        assert float((b - first).detach().abs().max()) > 1e-3, name  # every one moved
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-7)
 
 
 def test_whole_mlp_node_equals_the_chain_of_layer_nodes(

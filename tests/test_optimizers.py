@@ -74,8 +74,8 @@ def test_every_method_records_the_implementation_it_ran() -> None:
         ("standard", 20): "adam:fused",
         ("adaptive_dropout", 1): "sgd:for-loop",
         ("adaptive_dropout", 20): "sgd:for-loop",
-        ("mc_approx", 1): "sgd:for-loop+tracked-norms",
-        ("mc_approx", 20): "sgd:for-loop+tracked-norms",
+        ("mc_approx", 1): "sgd:factored-weights+tracked-norms",
+        ("mc_approx", 20): "sgd:factored-weights+tracked-norms",
         ("dropout", 1): "sgd:lazy-foreach",
         ("dropout", 20): "sgd:lazy-foreach",
         # A single example goes through methods/sparse_kernels.py, a mini-batch through torch.

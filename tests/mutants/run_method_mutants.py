@@ -95,17 +95,17 @@ MUTANTS = [
     Mutant(
         "mc_clamped_scaled_unclamped",
         "methods/mc_approx.py",
-        "    return kept, p.index_select(0, kept).reciprocal()\n\n\ndef sampled_matmul(",
+        "    return kept, p.index_select(0, kept).reciprocal()\n\n\ndef column_norms(",
         "    w = a_norms.detach() * b_norms.detach()\n"
         "    raw = k * w / w.sum()  # Eq. 8 before clamping at 1\n"
-        "    return kept, raw.index_select(0, kept).reciprocal()\n\n\ndef sampled_matmul(",
+        "    return kept, raw.index_select(0, kept).reciprocal()\n\n\ndef column_norms(",
         "choose_pairs: scale 1 / (k w_i / sum w) even where p_i is clamped at 1",
     ),
     Mutant(
         "mc_sqrt_scale",
         "methods/mc_approx.py",
-        "    return kept, p.index_select(0, kept).reciprocal()\n\n\ndef sampled_matmul(",
-        "    return kept, p.index_select(0, kept).rsqrt()\n\n\ndef sampled_matmul(",
+        "    return kept, p.index_select(0, kept).reciprocal()\n\n\ndef column_norms(",
+        "    return kept, p.index_select(0, kept).rsqrt()\n\n\ndef column_norms(",
         "choose_pairs: scale 1 / sqrt(p) (Drineas' D on one factor only)",
     ),
     # 4. MC-APPROX: a sampled product biased by 10%.
@@ -124,6 +124,13 @@ MUTANTS = [
         "            grad_x = grad_x * 1.1\n"
         '        layer.count("grad_input", kept_pairs)\n',
         "_layer_backward: sampled grad_input x 1.1",
+    ),
+    Mutant(
+        "mc_factored_gradient_overwritten",
+        "methods/mc_approx.py",
+        "        if self.step_state.factors is not None:\n",
+        "        if False:  # a second backward pass before the step replaces the first\n",
+        "MCLinear.defer_weight_gradient: two backward passes before a step keep only the last",
     ),
     Mutant(
         "mc_sampled_matmul_biased",
