@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from typing import Any
 
 from rich.logging import RichHandler
@@ -285,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_data_prepare)
     return parser
+
+
+def process_main() -> int:
+    """`python -m runner`: the whole command, its summary included, under the sweep's signal
+    handling (a second Ctrl-C or a `kill` while a stopped sweep says how to resume is
+    acknowledged, not obeyed); once all is said, signals are ignored, so that none turns the
+    exit code into a death by that signal."""
+    from runner.run.sweep import interrupt_handling
+
+    with interrupt_handling(afterwards=signal.SIG_IGN):
+        return main()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,7 +113,7 @@ def interrupt_handling(afterwards: Any = None) -> Iterator[None]:
         # Only the outermost context restores; an inner one re-installs this handling, since
         # Ray's start-up inside it may have replaced it (with a SIGTERM handler that kills
         # every Ray process and exits 1, summary unsaid). `python -m runner` holds the
-        # outermost one around the whole command, summary included (__main__.py).
+        # outermost one around the whole command, summary included (cli.main.process_main).
         for sig, handler in saved.items():
             if _handling_depth > 0:
                 signal.signal(sig, _on_signal)
