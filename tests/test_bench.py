@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.bench import BenchConfig, _target_for, run_bench
+from runner.bench.epochs import BenchConfig, _target_for, run_bench
 from runner.cli.main import main
 from runner.run.floor import epoch_min_flops
 
@@ -118,7 +118,7 @@ def test_bench_rejects_unknown_methods(capsys: pytest.CaptureFixture[str]) -> No
 @pytest.mark.ray
 @pytest.mark.slow
 def test_sweep_bench_measures_utilization_and_overhead(tmp_path: Path) -> None:
-    from runner.bench import sweep_bench
+    from runner.bench.sweep import sweep_bench
 
     result = sweep_bench(cells=4, epochs=1, cpus=2, pin=True, results_dir=tmp_path / "r")
     assert result.cells == 4 and result.slots == 2 and result.pinned
@@ -132,7 +132,7 @@ def test_sweep_bench_measures_utilization_and_overhead(tmp_path: Path) -> None:
 def test_a_method_that_diverges_is_timed_per_step_it_ran_and_flagged() -> None:
     """The trainer stops an epoch at a non-finite loss; the bench must not read the few steps
     that ran as a whole fast epoch (DROPOUT at depth 7 once read 0.004x STANDARD so)."""
-    from runner.bench import method_epoch, synthetic_splits
+    from runner.bench.epochs import method_epoch, synthetic_splits
 
     config = BenchConfig(methods=("standard",), depths=(2,), batch_sizes=(1,), width=32)
     splits = synthetic_splits(config, 200)

@@ -18,7 +18,7 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from runner.bench import calibrate_epochs, sweep_bench
+    from runner.bench.sweep import calibrate_epochs, sweep_bench
 
     with console.status("calibrating the benchmark cell"):
         epochs = calibrate_epochs(args.cell_seconds)
@@ -71,7 +71,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_sweep(args)
 
     from methods.registry import METHODS
-    from runner.bench import BenchConfig, machine, run_bench
+    from runner.bench.epochs import BenchConfig, machine, run_bench
 
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
