@@ -85,9 +85,9 @@ def test_bench_cli_writes_the_json_records(tmp_path: Path) -> None:
             [
                 "bench",
                 "--methods",
-                "standard,mc_approx",
+                "standard,mc_approx,mc_approx:sample_ratio=0:k=3",
                 "--depths",
-                "1",
+                "2",
                 "--batch-sizes",
                 "20",
                 "--width",
@@ -104,15 +104,31 @@ def test_bench_cli_writes_the_json_records(tmp_path: Path) -> None:
     )
     payload = json.loads(out.read_text())
     assert payload["machine"]["torch_threads"] == 1
-    assert [r["method"] for r in payload["records"]] == ["standard", "mc_approx"]
-    for record in payload["records"]:
+    records = payload["records"]
+    assert [r["method"] for r in records] == [
+        "standard",
+        "mc_approx",
+        "mc_approx:sample_ratio=0:k=3",
+    ]
+    for record in records:
         for key in REQUIRED:
             assert key in record
+    # The variant really trained with its own k: 3 of the 16 hidden units' input-gradient
+    # pairs (layer 2's), on average, where the default ratio keeps min_k = 10 of them; the
+    # same targets as the method.
+    default, k3 = records[1], records[2]
+    assert k3["active_share"] < 0.5 * default["active_share"]
+    assert k3["target"] == default["target"] and k3["ratio_to_bound"] > 0
 
 
 def test_bench_rejects_unknown_methods(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--methods", "standard,fastest"]) == 2
-    assert "unknown method(s) fastest" in capsys.readouterr().err
+    assert "unknown method 'fastest'; valid: standard," in capsys.readouterr().err
+    assert main(["bench", "--methods", "mc_approx:kay=10"]) == 2
+    err = capsys.readouterr().err
+    assert "'kay=10' is not PARAM=VALUE" in err and "sample_ratio, k," in err
+    assert main(["bench", "--methods", "mc_approx:k=ten"]) == 2
+    assert "'ten' is not int" in capsys.readouterr().err
 
 
 @pytest.mark.ray

@@ -51,7 +51,16 @@ BOUND_TARGETS = {("standard", 20): 1.4}  # epoch / matmul-rate floor, at most
 
 @dataclass(frozen=True)
 class BenchConfig:
-    methods: Sequence[str] = ("standard", "dropout", "adaptive_dropout", "mc_approx", "alsh_approx")
+    # Registry names, or a method with hyperparameters set (`method_hyper`): MC-APPROX at the
+    # paper's sampling ratio 0.1 (its default) and at §9.4's k = 10 pairs per product.
+    methods: Sequence[str] = (
+        "standard",
+        "dropout",
+        "adaptive_dropout",
+        "mc_approx",
+        "mc_approx:sample_ratio=0:k=10",
+        "alsh_approx",
+    )
     depths: Sequence[int] = (3, 7)
     batch_sizes: Sequence[int] = (1, 20)
     width: int = 1000
@@ -233,6 +242,33 @@ def plain_epoch(
     return Timing({"data": data, "forward": fwd, "backward": bwd, "step": stp, "upkeep": 0.0})
 
 
+def method_hyper(spec: str) -> tuple[str, dict[str, Any]]:
+    """A benchmarked method as `--methods` names it: a registry name, optionally with some of
+    its hyperparameters set, `name:param=value:...` (e.g. `mc_approx:sample_ratio=0:k=10`).
+    Returns the name and every hyperparameter (defaults for the rest); a CpusweepError says
+    what is wrong and what is valid."""
+    from methods.registry import METHODS
+    from runner.errors import CpusweepError
+    from runner.job.select import typed
+
+    name, *pairs = spec.split(":")
+    if name not in METHODS:
+        raise CpusweepError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+    params = {p.name: p for p in METHODS[name].params}
+    hyper = {p.name: p.default for p in params.values()}
+    for pair in pairs:
+        key, equals, text = pair.partition("=")
+        if key not in params or not equals:
+            raise CpusweepError(
+                f"{spec!r}: {pair!r} is not PARAM=VALUE with a parameter of {name} "
+                f"({', '.join(params) or 'it has none'})"
+            )
+        hyper[key], problem = typed(params[key], key, text, f"{spec!r}:")
+        if problem:
+            raise CpusweepError(problem)
+    return name, hyper
+
+
 def method_epoch(
     method: str,
     splits: Any,
@@ -243,20 +279,19 @@ def method_epoch(
     lr: float,
     seed: int,
 ) -> Timing:
-    """One epoch of `method` through the real trainer."""
+    """One epoch of `method` (a `method_hyper` spec) through the real trainer."""
     import torch
 
     import methods
     from methods.base import Architecture, TrainSettings
-    from methods.registry import METHODS
     from runner.run.trainer import train
 
     arch = Architecture(
         in_features=splits.x_train.shape[1], width=width, depth=depth, classes=splits.info.classes
     )
-    hyper = {p.name: p.default for p in METHODS[method].params}
+    name, hyper = method_hyper(method)
     model = methods.build(
-        method,
+        name,
         arch,
         hyper,
         torch.Generator().manual_seed(seed),
@@ -292,6 +327,14 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return (q1, q3)
 
 
+def _base(spec: str) -> str:
+    return spec.split(":")[0]  # the registry name of a `method_hyper` spec
+
+
+def _optimizer(spec: str) -> str:
+    return paper_optimizer(_base(spec), "mlp")
+
+
 def _target_for(method: str, batch_size: int, depth: int) -> tuple[str, float] | None:
     return TARGETS.get((method, batch_size, depth)) or TARGETS.get((method, batch_size, None))
 
@@ -317,7 +360,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         examples = config.examples(batch_size)
         splits = synthetic_splits(config, examples)
         for depth in config.depths:
-            optimizers = sorted({paper_optimizer(m, "mlp") for m in config.methods} | {"sgd"})
+            optimizers = sorted({_optimizer(m) for m in config.methods} | {"sgd"})
             runs: dict[str, list[Timing]] = {}
             # Every run of a repeat, in one list: even repeats run it forwards, odd ones
             # backwards, so that no method always runs right after the same other one
@@ -328,7 +371,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 for opt in optimizers
                 if "standard" not in config.methods or opt != "sgd"
             ]
-            todo += [(method, paper_optimizer(method, "mlp")) for method in config.methods]
+            todo += [(method, _optimizer(method)) for method in config.methods]
             for repeat in range(config.repeats):
                 for name, opt in todo if repeat % 2 == 0 else reversed(todo):
                     say(f"b{batch_size} d{depth} repeat {repeat + 1}: {name} ({opt})")
@@ -350,7 +393,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     )
                     runs.setdefault(f"{name}/{opt}", []).append(timing)
             for method in config.methods:
-                opt = paper_optimizer(method, "mlp")
+                opt = _optimizer(method)
+                base = _base(method)
                 mine = runs[f"{method}/{opt}"]
                 plain, std_sgd = runs["plain/" + opt], runs["standard/sgd"]
                 std_same = runs[f"standard/{opt}"]
@@ -383,7 +427,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     ),
                     phase_share=shares,
                 )
-                target = _target_for(method, batch_size, depth)
+                target = _target_for(base, batch_size, depth)
                 if target is not None:
                     against, limit = target
                     ratio = _against(record, against)
@@ -399,7 +443,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 record.extra["active_share"] = _median([u[0] for u in used])
                 record.extra["computed_share"] = _median([u[1] for u in used])
                 record.extra["matmul_gflops"] = rate / 1e9
-                if method in DENSE_METHODS:
+                if base in DENSE_METHODS:
                     floor = (
                         epoch_min_flops(
                             config.features, config.width, depth, config.classes, examples
@@ -408,7 +452,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     )
                     record.extra["bound_seconds"] = floor
                     record.extra["ratio_to_bound"] = seconds / floor
-                    at_most = BOUND_TARGETS.get((method, batch_size))
+                    at_most = BOUND_TARGETS.get((base, batch_size))
                     if at_most is not None:
                         record.extra["bound_target"] = f"<= {at_most:.1f}x the matmul floor"
                         record.extra["bound_target_met"] = seconds / floor <= at_most

@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from runner.cli.output import console
-from runner.errors import CpusweepError
 
 
 def cmd_bench_sweep(args: argparse.Namespace) -> int:
@@ -70,14 +69,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.sweep or args.pinning:
         return cmd_bench_sweep(args)
 
-    from methods.registry import METHODS
-    from runner.bench.epochs import BenchConfig, machine, run_bench
+    from runner.bench.epochs import BenchConfig, machine, method_hyper, run_bench
 
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        raise CpusweepError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+    chosen = tuple(args.methods or BenchConfig.methods)
+    for spec in chosen:
+        method_hyper(spec)  # a CpusweepError names what is wrong, before anything runs
     config = BenchConfig(
-        methods=tuple(args.methods),
+        methods=chosen,
         depths=tuple(args.depths),
         batch_sizes=tuple(args.batch_sizes),
         width=args.width,

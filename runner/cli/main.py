@@ -222,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         type=_csv(str),
-        default=["standard", "dropout", "adaptive_dropout", "mc_approx", "alsh_approx"],
-        help="comma-separated",
+        help="comma-separated registry names, each optionally with hyperparameters set as "
+        "NAME:PARAM=VALUE[:PARAM=VALUE] (default: every method, and mc_approx at k = 10 "
+        "beside its default sampling ratio 0.1)",
     )
     p.add_argument("--depths", type=_csv(int), default=[3, 7], help="comma-separated")
     p.add_argument("--batch-sizes", type=_csv(int), default=[1, 20], help="comma-separated")
