@@ -10,7 +10,7 @@ import pytest
 
 from runner.bench.epochs import BenchConfig, _target_for, run_bench
 from runner.cli.main import main
-from runner.run.floor import epoch_min_flops
+from runner.run.floor import epoch_min_flops, step_blas_seconds, step_products
 
 REQUIRED = (
     "method",
@@ -68,6 +68,10 @@ def test_bench_records_every_case_with_ratios_and_targets() -> None:
     assert standard.extra["bound_seconds"] == pytest.approx(floor)
     assert standard.extra["ratio_to_bound"] == pytest.approx(standard.seconds / floor)
     assert standard.extra["bound_target"] == "<= 1.4x the matmul floor"
+    blas = standard.extra["blas_bound_seconds"]
+    assert blas > 0 and standard.extra["ratio_to_blas_bound"] == pytest.approx(
+        standard.seconds / blas
+    )
 
 
 def test_the_flops_floor_counts_each_product_of_a_step_once() -> None:
@@ -76,6 +80,23 @@ def test_the_flops_floor_counts_each_product_of_a_step_once() -> None:
     input gradient (108), or a product once instead of twice (42), fails."""
     assert epoch_min_flops(4, 3, 1, 2, examples=10) == 840.0
     assert epoch_min_flops(4, 3, 2, 2, examples=1) == 4 * (12 + 9 + 6) + 2 * (9 + 6)
+
+
+def test_the_blas_floor_runs_exactly_the_products_of_a_step() -> None:
+    """The step's products, in autograd's order: their FLOPs are the FLOPs floor's (for
+    several shapes); forward products first, layer by layer; then from the last layer back,
+    each weight gradient and (not for the first layer) input gradient, at their shapes."""
+    for dims in [(4, 3, 1, 2, 1), (4, 3, 2, 2, 5), (784, 1000, 3, 10, 20), (30, 7, 7, 5, 3)]:
+        products = step_products(*dims)
+        assert sum(2 * m * k * n for _, _, (m, k, n) in products) == epoch_min_flops(*dims)
+    assert step_products(4, 3, 1, 2, 5) == [
+        ("forward", 0, (5, 4, 3)),  # x @ W^T
+        ("forward", 1, (5, 3, 2)),
+        ("weight gradient", 1, (2, 5, 3)),  # dY^T @ x
+        ("input gradient", 1, (5, 2, 3)),  # dY @ W
+        ("weight gradient", 0, (3, 5, 4)),
+    ]
+    assert step_blas_seconds(4, 3, 1, 2, 5, seconds=0.01) > 0
 
 
 def test_bench_cli_writes_the_json_records(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from runner.report.active_sets import work_shares
 from runner.report.published import paper_optimizer
-from runner.run.floor import epoch_min_flops, matmul_rate
+from runner.run.floor import epoch_min_flops, matmul_rate, step_blas_seconds
 
 log = logging.getLogger("cpusweep")
 
@@ -360,6 +360,12 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         examples = config.examples(batch_size)
         splits = synthetic_splits(config, examples)
         for depth in config.depths:
+            # The step's own products alone, in step order: the floor under a dense epoch
+            # at the BLAS's speed on these shapes (the FLOPs floor assumes its large-matrix
+            # rate, which batch-20 products do not reach).
+            blas_floor = math.ceil(examples / batch_size) * step_blas_seconds(
+                config.features, config.width, depth, config.classes, batch_size
+            )
             optimizers = sorted({_optimizer(m) for m in config.methods} | {"sgd"})
             runs: dict[str, list[Timing]] = {}
             # Every run of a repeat, in one list: even repeats run it forwards, odd ones
@@ -452,6 +458,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     )
                     record.extra["bound_seconds"] = floor
                     record.extra["ratio_to_bound"] = seconds / floor
+                    record.extra["blas_bound_seconds"] = blas_floor
+                    record.extra["ratio_to_blas_bound"] = seconds / blas_floor
                     at_most = BOUND_TARGETS.get((base, batch_size))
                     if at_most is not None:
                         record.extra["bound_target"] = f"<= {at_most:.1f}x the matmul floor"

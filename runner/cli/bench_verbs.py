@@ -111,6 +111,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "active",
         "computed",
         "x floor",
+        "x blas",
         "target",
     ):
         table.add_column(column, justify="left" if column in ("method", "opt") else "right")
@@ -131,7 +132,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 f"[yellow]⚠ diverged after {r.extra['diverged_after_steps']} steps: "
                 "timed on those, scaled[/]"
             )
-        floor = r.extra.get("ratio_to_bound")
+        floor, blas = r.extra.get("ratio_to_bound"), r.extra.get("ratio_to_blas_bound")
         table.add_row(
             r.method,
             str(r.batch_size),
@@ -146,6 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{100 * r.extra['active_share']:.1f}%",
             f"{100 * r.extra['computed_share']:.1f}%",
             "" if floor is None else f"{floor:.2f}",
+            "" if blas is None else f"{blas:.2f}",
             verdict,
         )
     console.print(table)
@@ -155,7 +157,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "ALSH-APPROX and dropout); medians over repeats, means over hidden layers; x floor: "
         "the epoch against its minimum FLOPs (forward, weight and input gradients) at this "
         f"machine's measured single-thread matrix-multiply rate, "
-        f"{records[0].extra['matmul_gflops']:.1f} GFLOP/s"
+        f"{records[0].extra['matmul_gflops']:.1f} GFLOP/s; x blas: against the step's own "
+        "products alone, in step order (what the BLAS needs on these shapes; the rest is the "
+        "code's)"
         if records
         else ""
     )
