@@ -159,7 +159,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"machine's measured single-thread matrix-multiply rate, "
         f"{records[0].extra['matmul_gflops']:.1f} GFLOP/s; x blas: against the step's own "
         "products alone, in step order (what the BLAS needs on these shapes; the rest is the "
-        "code's)"
+        "code's); both against a dense step's work, which MC-APPROX does not all do (below 1: "
+        "work it skips)"
         if records
         else ""
     )
