@@ -1,4 +1,5 @@
-"""Training methods: one module per method, each holding all of that method's math.
+"""Training methods: one module per method, each holding all of that method's math (MC-APPROX's
+sampled convolutions for the CNN in a second one, methods/mc_approx_conv.py).
 
 `methods.registry` (pure, no torch) says which methods exist; `build` imports the chosen
 method's module only when a cell runs.

@@ -148,7 +148,7 @@ class CNNModel(MethodModel):
         forward mode), batch norm's running statistics were learnt from sampled outputs (5-40x
         the exact variances in the last blocks) while evaluation runs exact convolutions:
         recompute them from exact passes over `x` first."""
-        from methods.mc_approx import MCConv2d
+        from methods.mc_approx_conv import MCConv2d
 
         if any(isinstance(m, MCConv2d) and m.mode == "forward" for m in self.backbone.modules()):
             recalibrate_batch_norm(self.backbone, x)
@@ -164,7 +164,7 @@ class CNNModel(MethodModel):
 
     def epoch_stats(self) -> dict[str, float]:
         stats = self.head.epoch_stats()
-        from methods.mc_approx import conv_stats
+        from methods.mc_approx_conv import conv_stats
 
         stats.update(conv_stats(self.backbone))
         return stats
@@ -177,7 +177,7 @@ class CNNModel(MethodModel):
         head = self.head.probe_error(self.backbone(x), batch_size)
         if head:
             return head
-        from methods.mc_approx import probe_backbone
+        from methods.mc_approx_conv import probe_backbone
 
         saved = self.random_state()
         try:
@@ -208,9 +208,9 @@ def build(
         in_features=FEATURES, width=arch.width, depth=arch.depth, classes=arch.classes
     )
     if method == "mc_approx":
-        from methods import mc_approx, standard
+        from methods import mc_approx_conv, standard
 
-        backbone = mc_approx.approximate_convolutions(backbone, hyper, sampling_generator)
+        backbone = mc_approx_conv.approximate_convolutions(backbone, hyper, sampling_generator)
         head: MethodModel = standard.build(head_arch, {}, generator, sampling_generator)
     else:
         head = head_builder(head_arch, hyper, generator, sampling_generator)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import methods
-from methods import alsh_approx, mc_approx
+from methods import alsh_approx, mc_approx, mc_approx_conv
 from methods.base import Architecture, TrainSettings, optimizer_implementation
 from tests.method_helpers import build, gen, train_steps
 
@@ -231,7 +231,7 @@ def test_sampled_convolution_is_unbiased(mode: str) -> None:
     upstream = torch.randn(6, 12, 4, 4, dtype=torch.float64, generator=gen(21))
     exact = F.conv2d(x, base.weight, None, 2, 1)
     exact_gx, exact_gw = torch.autograd.grad((exact * upstream).sum(), (x, base.weight))
-    conv = mc_approx.MCConv2d(base, mode, mc_approx.Sampling(k=4), gen(22)).double()
+    conv = mc_approx_conv.MCConv2d(base, mode, mc_approx.Sampling(k=4), gen(22)).double()
     conv.train()
 
     def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -291,7 +291,7 @@ def _exact_copy(backbone: torch.nn.Module) -> torch.nn.Module:
 
     def replace(module: torch.nn.Module) -> None:
         for name, child in module.named_children():
-            if isinstance(child, mc_approx.MCConv2d):
+            if isinstance(child, mc_approx_conv.MCConv2d):
                 plain = torch.nn.Conv2d(
                     child.in_channels,
                     child.out_channels,
@@ -398,14 +398,14 @@ def test_custom_autograd_functions_pass_gradcheck() -> None:
     b = linear.bias.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(linear_fn, (x, w, b))
 
-    conv = mc_approx.MCConv2d(
+    conv = mc_approx_conv.MCConv2d(
         torch.nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False), "backward", exact, gen(0)
     ).double()
     images = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True, generator=gen(2))
     kernel = conv.weight.detach().clone().requires_grad_(True)
 
     def conv_fn(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = mc_approx._BackwardSampledConv2d.apply(images, kernel, conv)
+        out: torch.Tensor = mc_approx_conv._BackwardSampledConv2d.apply(images, kernel, conv)
         return out
 
     assert torch.autograd.gradcheck(conv_fn, (images, kernel))
@@ -498,14 +498,14 @@ def test_drawing_no_pair_gives_a_zero_estimate_not_an_error() -> None:
     a, b = torch.randn(3, 30, generator=gen(1)), torch.randn(30, 2, generator=gen(2))
     counts = [mc_approx.sampled_matmul(a, b, sampling, g)[1] for _ in range(50)]
     assert 0 in counts
-    conv = mc_approx.MCConv2d(
+    conv = mc_approx_conv.MCConv2d(
         torch.nn.Conv2d(4, 6, 3, padding=1, bias=False), "backward", sampling, gen(3)
     )
     conv.train()
     images = torch.randn(2, 4, 5, 5, generator=gen(4), requires_grad=True)
     for _ in range(30):
         conv(images).sum().backward()
-    forward_conv = mc_approx.MCConv2d(
+    forward_conv = mc_approx_conv.MCConv2d(
         torch.nn.Conv2d(4, 6, 3, padding=1, bias=False), "forward", sampling, gen(5)
     )
     forward_conv.train()
