@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 
 
 def matmul_rate(seconds: float = 0.5, size: int = 1024) -> float:
@@ -19,14 +20,20 @@ def matmul_rate(seconds: float = 0.5, size: int = 1024) -> float:
     a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
     b = torch.randn(size, size, generator=torch.Generator().manual_seed(1))
     out = torch.empty(size, size)
-    torch.mm(a, b, out=out)
+    return 2.0 * size**3 / median_seconds(lambda: torch.mm(a, b, out=out), seconds)
+
+
+def median_seconds(run: Callable[[], object], seconds: float) -> float:
+    """The median time of `run()` over repeats for about `seconds` (at least 5), after one
+    warm-up call."""
+    run()
     times: list[float] = []
     deadline = time.perf_counter() + seconds
     while len(times) < 5 or time.perf_counter() < deadline:
         start = time.perf_counter()
-        torch.mm(a, b, out=out)
+        run()
         times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times)
+    return statistics.median(times)
 
 
 def epoch_min_flops(features: int, width: int, depth: int, classes: int, examples: int) -> float:
@@ -85,15 +92,8 @@ def step_blas_seconds(
         else:
             calls.append((upstream[i], weights[i], grad_inputs[i]))
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step() -> None:
         for a, b, out in calls:
             torch.mm(a, b, out=out)
-        return time.perf_counter() - start
 
-    step()
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < 5 or time.perf_counter() < deadline:
-        times.append(step())
-    return statistics.median(times)
+    return median_seconds(step, seconds)
